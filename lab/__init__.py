@@ -1,0 +1,1 @@
+"""Lab package: models -> renderers -> backends -> faults/load/metrics -> scenarios -> CLI."""

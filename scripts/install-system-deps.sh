@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install the Debian packages the lab drives (idempotent: a quick no-op when all are present).
+set -euo pipefail
+
+packages=(
+  haproxy          # the ELB nodes
+  iptables         # kube-proxy's rules (iptables-restore), faults
+  nftables         # nft, to read rules and for tracing
+  conntrack        # conntrack -L/-S/-I/-R: node metrics and the exhaustion fault
+  iproute2         # ip, tc, ss, nstat
+  tcpdump          # independent checks in tests, the trace command
+  procps           # sysctl, pgrep
+  util-linux       # nsenter
+  kmod             # modprobe for optional kernel modules
+  libnetfilter-queue-dev  # the userspace delay path when the kernel lacks sch_netem
+  gcc libc6-dev    # to build that small NFQUEUE helper
+  python3-venv
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# pyenv or other non-Debian Pythons carry venv themselves; only ask apt when python3 cannot make one.
+if python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  missing=("${missing[@]/python3-venv}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "Error: installing ${missing[*]} needs root; run as root or install sudo" >&2; exit 1; }
+  SUDO=sudo
+fi
+echo "Installing Debian packages: ${missing[*]}"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
