@@ -1,0 +1,1 @@
+"""labservices: the lab's sample Thrift service (IDL, threaded server, client helpers)."""
