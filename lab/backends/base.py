@@ -1,0 +1,46 @@
+"""The interface every backend implements: build a lab, hand out its hosts, run its pods, remove it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lab.hosts import Host
+
+if TYPE_CHECKING:
+    from lab.lab import Lab
+    from lab.state import LabState
+
+Progress = Callable[[str], None]
+
+
+class Backend(Protocol):
+    name: str
+
+    def preflight(self, lab: Lab) -> None:
+        """Raise EnvironmentProblem naming what is missing; create nothing."""
+
+    def plan_text(self, lab: Lab) -> str:
+        """Everything `up` would create and apply, as text (for --dry-run)."""
+
+    def build(self, lab: Lab, progress: Progress) -> None:
+        """Create the lab. Every resource is journaled in lab.state before it is created."""
+
+    def hosts(self, lab: Lab) -> dict[str, Host]:
+        """Every host of a built lab, by name."""
+
+    def processes(self, lab: Lab) -> list[dict[str, Any]]:
+        """The lab's long-running processes (ELB nodes, pods) and their state."""
+
+    def elb_stats_socket(self, lab: Lab, elb: str) -> Path:
+        """The unix stats socket of an ELB node's HAProxy, reachable from this machine."""
+
+    def control_pod(self, lab: Lab, pod: str, action: str, overrides: dict[str, Any] | None = None) -> None:
+        """stop | start | restart one pod's server (overrides: backlog, accept_delay)."""
+
+    def destroy(self, state: LabState) -> list[str]:
+        """Remove everything the journal (and the lab's tagged namespaces) say exists; say what went."""
+
+    def orphans(self) -> list[str]:
+        """Lab names whose resources exist without a state directory (for `lab clean`)."""

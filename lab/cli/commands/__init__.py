@@ -1,0 +1,3 @@
+"""Every command module registers itself on the shared Typer app when imported."""
+
+from lab.cli.commands import core  # noqa: F401

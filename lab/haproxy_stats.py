@@ -1,0 +1,61 @@
+"""Read a running HAProxy (an ELB node) through its stats socket: `show stat` rows and runtime commands."""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+from pathlib import Path
+
+from lab.errors import LabError
+from lab.render.haproxy import HEALTH_BACKEND
+
+
+def command(stats_socket: Path, cmd: str, timeout: float = 3.0) -> str:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(stats_socket))
+        s.sendall(cmd.encode() + b"\n")
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    except OSError as exc:
+        raise LabError(f"HAProxy stats socket {stats_socket}: {exc.strerror or exc}") from None
+    finally:
+        s.close()
+    return b"".join(chunks).decode(errors="replace")
+
+
+def show_stat(stats_socket: Path) -> list[dict[str, str]]:
+    """Every proxy/server row of `show stat` as a dict keyed by HAProxy's CSV column names."""
+    text = command(stats_socket, "show stat")
+    if not text.startswith("# "):
+        raise LabError(f"unexpected answer from {stats_socket}: {text[:80]!r}")
+    return list(csv.DictReader(io.StringIO(text[2:])))
+
+
+def elb_state(status: str) -> str:
+    """HAProxy's server status as the ELB reports an instance: InService or OutOfService.
+
+    "UP 2/6" is up but failing checks (not yet at the unhealthy threshold): still InService.
+    "DOWN 1/2" is down and passing checks (not yet at the healthy threshold): still OutOfService.
+    """
+    return "InService" if status.startswith(("UP", "NOLB")) else "OutOfService"
+
+
+def instance_health(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The ELB node's view of each instance: state, HAProxy status, last check result."""
+    out = {}
+    for row in rows:
+        if row.get("pxname") == HEALTH_BACKEND and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            out[row["svname"]] = {
+                "state": elb_state(row.get("status", "")),
+                "status": row.get("status", ""),
+                "check": row.get("check_status", ""),
+                "check_duration_ms": row.get("check_duration", ""),
+            }
+    return out

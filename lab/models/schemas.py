@@ -1,0 +1,18 @@
+"""JSON Schemas of the declarative files (published by `lab schema`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lab.models.topology import Topology
+
+
+def topology_schema() -> dict[str, Any]:
+    schema = Topology.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "lab topology"
+    return schema
+
+
+SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {"topology": topology_schema}

@@ -1,0 +1,115 @@
+"""haproxy.cfg for one ELB node: a Classic ELB's TCP listeners and its shared health check. Pure.
+
+How the Classic ELB maps onto HAProxy:
+- one `frontend` per ELB listener, bound on the ELB node's address; round robin to the instances'
+  NodePort for that listener's service (`backend <service>`);
+- ONE health check per instance per ELB node, shared by every listener (backend `elb-health`,
+  whose servers the listener backends `track`): TCP connect to the health check port (by default
+  the first listener's NodePort, as Kubernetes' AWS provider configures it);
+- cross-zone off: an ELB node knows only the instances in its own AZ (it neither sends to nor
+  checks the others);
+- backend connection errors are retried on another instance (`retries` + `option redispatch`);
+- the idle timeout applies to both sides (`timeout client` / `timeout server`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.models.topology import ElbNodeSpec, Topology
+from lab.render.plan import NetworkPlan
+
+HEALTH_BACKEND = "elb-health"
+PROMETHEUS_PORT = 8405  # bound on the ELB namespace's loopback only
+
+
+@dataclass(frozen=True)
+class HaproxyPaths:
+    """Where the running HAProxy keeps its runtime files (inside the lab's state directory)."""
+
+    stats_socket: Path
+    pid_file: Path
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def render_haproxy(
+    topo: Topology,
+    plan: NetworkPlan,
+    elb: ElbNodeSpec,
+    paths: HaproxyPaths,
+    time_scale: float = 1.0,
+) -> str:
+    """The configuration of one ELB node. `time_scale` < 1 shrinks the ELB's timers for quick runs."""
+    cfg = topo.elb
+    hc = cfg.health_check
+    targets = topo.elb_targets(elb)
+    me = plan.ip(elb.name)
+    scale = time_scale
+    lines = [
+        f"# ELB node {elb.name} ({elb.az}) of lab topology '{topo.name}'",
+        f"# cross-zone load balancing: {'on' if cfg.cross_zone else 'off'}; "
+        f"instances: {', '.join(n.name for n in targets) or 'none'}",
+    ]
+    if scale != 1.0:
+        lines.append(f"# ELB timers scaled by {scale:g} (interval, timeouts); kernel TCP timers are not")
+    lines += [
+        "global",
+        f"    stats socket {paths.stats_socket} mode 600 level admin",
+        "    stats timeout 30s",
+        f"    pidfile {paths.pid_file}",
+        "    maxconn 8000",
+        "    nbthread 1",
+        "    log stdout format raw local0 info",
+        "",
+        "defaults",
+        "    mode tcp",
+        "    log global",
+        "    option tcplog",
+        "    option log-health-checks",
+        f"    timeout connect {_ms(cfg.connect_timeout * scale)}",
+        f"    timeout client {_ms(cfg.idle_timeout * scale)}",
+        f"    timeout server {_ms(cfg.idle_timeout * scale)}",
+        f"    timeout queue {_ms(cfg.connect_timeout * scale)}",
+        f"    retries {cfg.retries}",
+        "    option redispatch 1",
+        "",
+        "frontend prometheus",
+        "    mode http",
+        f"    bind 127.0.0.1:{PROMETHEUS_PORT}",
+        "    http-request use-service prometheus-exporter if { path /metrics }",
+        "    stats enable",
+        "    stats uri /stats",
+        "    http-request set-log-level silent",
+        "",
+        "# One TCP health check per instance, shared by all listeners (as the Classic ELB does).",
+        f"backend {HEALTH_BACKEND}",
+        # For checks HAProxy uses min(timeout connect, inter) to connect: this is the ELB's check timeout.
+        f"    timeout connect {_ms(hc.timeout * scale)}",
+        f"    timeout check {_ms(hc.timeout * scale)}",
+        f"    default-server inter {_ms(hc.interval * scale)} fall {hc.unhealthy_threshold} rise {hc.healthy_threshold}",
+    ]
+    port = topo.health_check_port
+    for node in targets:
+        lines.append(f"    server {node.name} {plan.ip(node.name)}:{port} check")
+    for listener in cfg.listeners:
+        svc = topo.service(listener.service)
+        lines += [
+            "",
+            f"frontend listener-{listener.port}",
+            f"    bind {me}:{listener.port}",
+            f"    default_backend {svc.name}",
+            "",
+            f"backend {svc.name}",
+            "    balance roundrobin",
+        ]
+        limit = ""
+        if cfg.max_connections_per_instance:
+            per_server_queue = max(1, cfg.surge_queue // max(1, len(targets)))
+            limit = f" maxconn {cfg.max_connections_per_instance} maxqueue {per_server_queue}"
+        for node in targets:
+            lines.append(f"    server {node.name} {plan.ip(node.name)}:{svc.node_port} track {HEALTH_BACKEND}/{node.name}{limit}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,42 @@
+"""Talk to a lab's supervisor over its control socket (one JSON request, one JSON reply)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabStateError
+
+
+def request(control_socket: Path, req: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(control_socket))
+        s.sendall(json.dumps(req).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise LabStateError(f"the lab's supervisor is not running (no answer on {control_socket})") from None
+    except TimeoutError:
+        raise LabStateError(f"the lab's supervisor did not answer within {timeout:g}s") from None
+    finally:
+        s.close()
+    reply = json.loads(data or b"{}")
+    if not reply.get("ok"):
+        raise LabStateError(f"supervisor: {reply.get('error', 'no reply')}")
+    return reply
+
+
+def alive(control_socket: Path) -> bool:
+    try:
+        request(control_socket, {"cmd": "status"}, timeout=2.0)
+        return True
+    except LabStateError:
+        return False
