@@ -15,15 +15,15 @@ with 11 decimals after the kernel's fixed-point rounding (0.33333 comes back as 
 
 Like kube-proxy, the output is in two parts: `jumps` hooks the KUBE-* chains from the built-in chains
 (kube-proxy does this with `iptables -I`, once); `chains` declares (so flushes) and refills every KUBE-* chain
-on each sync.
-Services are rendered in topology order (real kube-proxy walks a Go map, so its order between services varies
-from sync to sync); endpoints are sorted as the API server / kube-proxy of the era sort them.
+on each sync. Services are rendered in topology order (real kube-proxy walks a Go map, so its order between
+services varies from sync to sync); endpoints are sorted as the API server / kube-proxy of the era sort them.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +43,12 @@ DROP_MARK = f"0x{1 << DROP_BIT:08x}"
 
 NODEPORTS_LAST_COMMENT = "kubernetes service nodeports; NOTE: this must be the last rule in this chain"
 
+# Match fragments kube-proxy repeats ("-m tcp" comes before "-p tcp" in its output, in both eras).
+TCP = ["-m", PROTOCOL, "-p", PROTOCOL]
+TO_LOCAL = ["-m", "addrtype", "--dst-type", "LOCAL"]
+FROM_LOCAL = ["-m", "addrtype", "--src-type", "LOCAL"]
+CT_NEW = ["-m", "conntrack", "--ctstate", "NEW"]
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -53,7 +59,7 @@ class Endpoint:
 
     @property
     def address(self) -> str:
-        """"ip:port", the string kube-proxy hashes into the KUBE-SEP name and DNATs to."""
+        """The "ip:port" string kube-proxy hashes into the KUBE-SEP name and DNATs to."""
         return f"{self.ip}:{self.port}"
 
 
@@ -230,6 +236,31 @@ def render_node(
     )
 
 
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-XLB-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-")
+
+
+def stale_chains(saved: str, rules: NodeRules) -> str:
+    """Restore text deleting per-service chains that `saved` (iptables-save output) has and `rules` no longer.
+
+    Re-applying `chains` flushes only the chains it declares, so a removed endpoint's KUBE-SEP chain stays
+    behind (unreferenced, harmless). kube-proxy deletes such chains the same way: flush by declaring them,
+    then `-X`. Returns "" when there is nothing to delete.
+    """
+    wanted = set(re.findall(r"^:(KUBE-\S+)", rules.chains, flags=re.M))
+    table, stale = "", []
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif table == "nat" and line.startswith(":KUBE-"):
+            name = line[1:].split()[0]
+            if name.startswith(SERVICE_CHAIN_PREFIXES) and name not in wanted:
+                stale.append(name)
+    if not stale:
+        return ""
+    lines = ["*nat"] + [f":{c} - [0:0]" for c in stale] + [f"-X {c}" for c in stale] + ["COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
 # --- legacy: kube-proxy 1.5 + kubelet 1.5 ------------------------------------------------------------------
 
 
@@ -239,11 +270,6 @@ def _random(era: str, left: int) -> list[str]:
         return []
     return ["-m", "statistic", "--mode", "random", "--probability", probability(era, left)]
 
-
-TCP = ["-m", PROTOCOL, "-p", PROTOCOL]
-TO_LOCAL = ["-m", "addrtype", "--dst-type", "LOCAL"]
-FROM_LOCAL = ["-m", "addrtype", "--src-type", "LOCAL"]
-CT_NEW = ["-m", "conntrack", "--ctstate", "NEW"]
 
 
 def _legacy(services: list[_Svc], cluster_cidr: str, random_fully: bool) -> tuple[str, str]:
@@ -461,6 +487,8 @@ def describe_rule(rule_line: str) -> str:
     if line.startswith(":"):
         name = line[1:].split()[0]
         return f"declares chain {name} (and empties it if it exists)"
+    if line.startswith("-X "):
+        return f"deletes chain {line.split()[1]}"
     try:
         words = shlex.split(line)
     except ValueError:
@@ -471,7 +499,8 @@ def describe_rule(rule_line: str) -> str:
     chain, opts = words[1], _options(words[2:])
     target = opts.get("-j", "")
     cond = _conditions(opts)
-    suffix = f" {' '.join(cond)}" if cond else ""
+    proto = f"{opts['-p'].upper()} " if "-p" in opts else ""
+    pkts = f"{proto}packets {' '.join(cond)}".strip() if cond or proto else "all packets"
 
     if target.startswith("KUBE-SEP-") and chain.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")):
         if "--probability" in opts:
@@ -479,34 +508,33 @@ def describe_rule(rule_line: str) -> str:
             return f"picks endpoint {target} with probability {p:.2f} (random)"
         return f"picks endpoint {target} (every connection that reaches this rule)"
     if target == "DNAT":
-        return f"rewrites the destination to pod {opts.get('--to-destination', '?')} (DNAT){suffix}"
+        return f"DNATs {pkts} to pod {opts.get('--to-destination', '?')} (rewrites the destination)"
     if target == "MASQUERADE":
-        how = ", random source ports (--random-fully)" if "--random-fully" in opts else ""
-        return f"rewrites the source to this node's address (MASQUERADE{how}){suffix}"
+        how = ", --random-fully: random source ports" if "--random-fully" in opts else ""
+        return f"rewrites the source of {pkts} to this node's address (MASQUERADE{how})"
     if target == "MARK":
         for flag, verb in (("--set-xmark", "sets"), ("--or-mark", "sets"), ("--xor-mark", "clears")):
             if flag in opts:
                 bits = opts[flag].split("/")[0]
                 known = {int(MASQ_MARK, 16): " (masquerade mark)", int(DROP_MARK, 16): " (drop mark)"}
-                what = known.get(int(bits, 16), "")
-                return f"{verb} packet mark {bits}{what}{suffix}"
-        return f"changes the packet mark{suffix}"
+                return f"{verb} mark {bits}{known.get(int(bits, 16), '')} on {pkts}"
+        return f"changes the mark of {pkts}"
     if target == "KUBE-MARK-MASQ":
-        return f"marks the connection for masquerade (SNAT on the way out){suffix}"
+        return f"marks {pkts} for masquerade (SNAT on the way out)"
     if target == "KUBE-MARK-DROP":
-        return f"marks the packet to be dropped (KUBE-FIREWALL drops it){suffix}"
+        return f"marks {pkts} to be dropped (KUBE-FIREWALL drops them)"
     if target in ("DROP", "REJECT", "ACCEPT", "RETURN"):
-        verb = {
-            "DROP": "drops the packet silently",
-            "REJECT": "rejects the packet (ICMP port unreachable)",
-            "ACCEPT": "accepts the packet",
-            "RETURN": "returns to the calling chain",
+        return {
+            "DROP": f"drops {pkts} (silently)",
+            "REJECT": f"rejects {pkts} (ICMP port unreachable)",
+            "ACCEPT": f"accepts {pkts}",
+            "RETURN": f"returns {pkts} to the calling chain",
         }[target]
-        return f"{verb}{suffix}"
+    if target and words[0] == "-I":
+        return f"hooks {target} into {chain} for {pkts}"
     if target:
-        where = "hooks" if words[0] == "-I" else "jumps to"
-        return f"{where} {target}{suffix}"
-    return f"matches without a target (counts packets){suffix}"
+        return f"jumps to {target} for {pkts}"
+    return f"counts {pkts} (no target)"
 
 
 def _options(words: list[str]) -> dict[str, str]:
@@ -534,9 +562,8 @@ def _options(words: list[str]) -> dict[str, str]:
 
 
 def _conditions(opts: dict[str, str]) -> list[str]:
+    """Phrases that finish "packets ...", in a fixed order."""
     out = []
-    if "-p" in opts:
-        out.append(f"for {opts['-p'].upper()}")
     if "-s" in opts:
         src = opts["-s"]
         out.append(f"from outside {src[1:]}" if src.startswith("!") else f"from {src}")
@@ -546,15 +573,14 @@ def _conditions(opts: dict[str, str]) -> list[str]:
         out.append(where + (f":{opts['--dport']}" if "--dport" in opts else ""))
     elif "--dport" in opts:
         out.append(f"to port {opts['--dport']}")
-    if "--dst-type" in opts:
-        out.append("to a local address of this node")
     if "--src-type" in opts:
-        out.append("from this node itself")
+        out.append("sent from this node itself")
+    if "--dst-type" in opts:
+        out.append("sent to a local address of this node")
     if "--ctstate" in opts:
         state = opts["--ctstate"]
-        negated = state.startswith("!")
-        out.append(f"when conntrack state is {'not ' if negated else ''}{state.lstrip('!')}")
+        out.append(f"{'not ' if state.startswith('!') else ''}in conntrack state {state.lstrip('!')}")
     if "--mark" in opts:
         mark = opts["--mark"]
-        out.append(f"unless marked {mark[1:]}" if mark.startswith("!") else f"when marked {mark}")
+        out.append(f"not marked {mark[1:]}" if mark.startswith("!") else f"marked {mark}")
     return out
