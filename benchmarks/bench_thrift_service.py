@@ -46,9 +46,13 @@ def _run_stock_server(listener: socket.socket) -> None:
     trans = TServerSocket(client_timeout=None)
     trans.sock = listener
     trans.listen = lambda: None
-    TThreadedServer(TProcessor(LabService, Handler()), trans, daemon=True,
-                    itrans_factory=TCyBufferedTransportFactory(),
-                    iprot_factory=TCyBinaryProtocolFactory()).serve()
+    TThreadedServer(
+        TProcessor(LabService, Handler()),
+        trans,
+        daemon=True,
+        itrans_factory=TCyBufferedTransportFactory(),
+        iprot_factory=TCyBinaryProtocolFactory(),
+    ).serve()
 
 
 def start_server(kind: str) -> tuple[int, tuple[str, int]]:

@@ -191,9 +191,7 @@ class Host:
         """Run a command inside this host's network namespace and capture its output."""
         if not self.exists():
             raise NamespaceGone(f"host {self.name}: namespace {self.netns} is gone")
-        proc = subprocess.run(
-            self.argv(cmd), input=input, capture_output=True, text=text, timeout=timeout, check=False
-        )
+        proc = subprocess.run(self.argv(cmd), input=input, capture_output=True, text=text, timeout=timeout, check=False)
         if check and proc.returncode != 0:
             err = (proc.stderr or "").strip().splitlines()
             detail = err[-1] if err else f"exit code {proc.returncode}"

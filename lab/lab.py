@@ -46,9 +46,7 @@ class Lab:
         try:
             return self.hosts[name]
         except KeyError:
-            raise InputError(
-                f"lab '{self.name}' has no host '{name}'; hosts: {', '.join(self.hosts)}"
-            ) from None
+            raise InputError(f"lab '{self.name}' has no host '{name}'; hosts: {', '.join(self.hosts)}") from None
 
     def hosts_by_role(self, role: str) -> list[Host]:
         return [h for h in self.hosts.values() if h.role == role]

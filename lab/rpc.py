@@ -33,9 +33,7 @@ def resolve(lab: Lab, service: str, via: str = "elb", target: str | None = None,
     try:
         svc = topo.service(service)
     except KeyError:
-        raise InputError(
-            f"unknown service '{service}'; services: {', '.join(s.name for s in topo.services)}"
-        ) from None
+        raise InputError(f"unknown service '{service}'; services: {', '.join(s.name for s in topo.services)}") from None
     if via not in VIAS:
         raise InputError(f"--via {via!r}: choose one of {', '.join(VIAS)}")
     clients = lab.hosts_by_role("client")

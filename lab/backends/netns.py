@@ -8,19 +8,19 @@ and journaled in the lab's state directory before it is created.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import socket
 
 from pyroute2 import IPRoute
 
@@ -81,7 +81,10 @@ class NetnsBackend:
         out += [f"netns {netns_name(lab.name, h.name)}" for h in plan.hosts]
         out += ["", "## network", describe(plan)]
         for node in topo.k8s_nodes:
-            out += [f"## kube-proxy rules on {node.name} (iptables-restore --noflush)", render_node(topo, plan, node.name).text()]
+            out += [
+                f"## kube-proxy rules on {node.name} (iptables-restore --noflush)",
+                render_node(topo, plan, node.name).text(),
+            ]
         for elb in topo.elb_nodes:
             cfg = render_haproxy(topo, plan, elb, haproxy_paths(state, elb.name), lab.time_scale)
             out += [f"## haproxy.cfg of {elb.name}", cfg]
@@ -131,16 +134,15 @@ class NetnsBackend:
 
     def _start_supervisor(self, state: LabState) -> None:
         state.record("supervisor", module=SUPERVISOR_MODULE)
-        log = open(state.path("logs", "supervisor.log"), "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", SUPERVISOR_MODULE, str(state.dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,  # Ctrl-C in the terminal must not reach the lab's processes
-            close_fds=True,
-        )
-        log.close()
+        with open(state.path("logs", "supervisor.log"), "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", SUPERVISOR_MODULE, str(state.dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # Ctrl-C in the terminal must not reach the lab's processes
+                close_fds=True,
+            )
         state.record("supervisor", pid=proc.pid)
         state.update_info(supervisor_pid=proc.pid)
 
@@ -318,7 +320,10 @@ def _wire(lab: Lab, paths: dict[str, str]) -> None:
             ipr(br.host).link("set", index=idx, state="up")
         for link in plan.links:
             ipr(link.a.host).link(
-                "add", ifname=link.a.ifname, kind="veth", ifalias=link.b.host,
+                "add",
+                ifname=link.a.ifname,
+                kind="veth",
+                ifalias=link.b.host,
                 peer={"ifname": link.b.ifname, "net_ns_fd": paths[link.b.host]},
             )
             for end in (link.a, link.b):
@@ -326,7 +331,9 @@ def _wire(lab: Lab, paths: dict[str, str]) -> None:
                 if end.bridge:
                     ipr(end.host).link("set", index=idx, master=index(end.host, end.bridge))
                 if end.address:
-                    ipr(end.host).addr("add", index=idx, address=str(end.address.ip), prefixlen=end.address.network.prefixlen)
+                    ipr(end.host).addr(
+                        "add", index=idx, address=str(end.address.ip), prefixlen=end.address.network.prefixlen
+                    )
                 ipr(end.host).link("set", index=idx, state="up")
         for route in plan.routes:
             ipr(route.host).route("add", dst=str(route.dst), gateway=str(route.via))
@@ -393,19 +400,15 @@ def _stop_supervisor(state: LabState) -> None:
     if info.get("supervisor_pid"):
         pids.add(info["supervisor_pid"])
     if state.control_socket.exists():
-        try:
+        with contextlib.suppress(LabError):
             control.request(state.control_socket, {"cmd": "shutdown"}, timeout=3)
-        except LabError:
-            pass
     deadline = time.monotonic() + 4.0
     for pid in pids:
         while _is_supervisor(pid, state) and time.monotonic() < deadline:
             time.sleep(0.02)
         if _is_supervisor(pid, state):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _is_supervisor(pid: int, state: LabState) -> bool:
@@ -416,10 +419,8 @@ def _is_supervisor(pid: int, state: LabState) -> bool:
     except OSError:
         return False
     if stat.rsplit(")", 1)[1].split()[0] == "Z":
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # our own child (lab up in this process): reap it
-        except ChildProcessError:
-            pass
         return False
     return SUPERVISOR_MODULE.encode() in cmdline and str(state.dir).encode() in cmdline
 
@@ -430,10 +431,8 @@ def _kill_processes_in(paths: list[str]) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.02)
     raise LabError(f"processes in the lab's namespaces would not die: {pids}")
 

@@ -190,7 +190,10 @@ class Topology(Strict):
         names = {s.name for s in self.services}
         for i, lst in enumerate(self.elb.listeners):
             if lst.service not in names:
-                raise ValueError(f"@elb.listeners[{i}].service: unknown service '{lst.service}' (services: {', '.join(sorted(names))})")
+                raise ValueError(
+                    f"@elb.listeners[{i}].service: unknown service '{lst.service}' "
+                    f"(services: {', '.join(sorted(names))})"
+                )
         if not self.k8s_nodes:
             raise ValueError("the topology has no Kubernetes nodes (set nodes_per_az or azs[].nodes)")
         if not self.elb_nodes:
@@ -241,15 +244,22 @@ class Topology(Strict):
             in_az = sum(1 for n in self.k8s_nodes if n.az == az.name)
             room = subnets[az.name].num_addresses - 2 - 16  # nodes start at .16 (see render.plan)
             if in_az > room:
-                raise ValueError(f"@azs[{self.azs.index(az)}]: subnet {subnets[az.name]} of AZ {az.name} is too small for {in_az} nodes")
+                raise ValueError(
+                    f"@azs[{self.azs.index(az)}]: subnet {subnets[az.name]} of AZ {az.name} "
+                    f"is too small for {in_az} nodes"
+                )
         pod_room = 2 ** (32 - self.cluster.node_pod_prefix) - 3  # network, cbr0, broadcast
         busiest = max((sum(1 for p in self.pods if p.node == n.name) for n in self.k8s_nodes), default=0)
         if busiest > pod_room:
-            raise ValueError(f"a node would run {busiest} pods but its /{self.cluster.node_pod_prefix} pod CIDR holds {pod_room}")
+            raise ValueError(
+                f"a node would run {busiest} pods but its /{self.cluster.node_pod_prefix} pod CIDR holds {pod_room}"
+            )
         need = len(self.k8s_nodes)
         have = 2 ** (self.cluster.node_pod_prefix - self.cluster.pod_cidr.prefixlen)
         if need + 1 > have:
-            raise ValueError(f"cluster.pod_cidr {self.cluster.pod_cidr} has room for {have - 1} node pod CIDRs, need {need}")
+            raise ValueError(
+                f"cluster.pod_cidr {self.cluster.pod_cidr} has room for {have - 1} node pod CIDRs, need {need}"
+            )
         if self.vpcs.client.cidr.prefixlen > 28:
             raise ValueError("vpcs.client.cidr is too small; use /28 or larger")
 

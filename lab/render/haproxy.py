@@ -90,7 +90,8 @@ def render_haproxy(
         # For checks HAProxy uses min(timeout connect, inter) to connect: this is the ELB's check timeout.
         f"    timeout connect {_ms(hc.timeout * scale)}",
         f"    timeout check {_ms(hc.timeout * scale)}",
-        f"    default-server inter {_ms(hc.interval * scale)} fall {hc.unhealthy_threshold} rise {hc.healthy_threshold}",
+        f"    default-server inter {_ms(hc.interval * scale)} "
+        f"fall {hc.unhealthy_threshold} rise {hc.healthy_threshold}",
     ]
     port = topo.health_check_port
     for node in targets:
@@ -111,5 +112,7 @@ def render_haproxy(
             per_server_queue = max(1, cfg.surge_queue // max(1, len(targets)))
             limit = f" maxconn {cfg.max_connections_per_instance} maxqueue {per_server_queue}"
         for node in targets:
-            lines.append(f"    server {node.name} {plan.ip(node.name)}:{svc.node_port} track {HEALTH_BACKEND}/{node.name}{limit}")
+            lines.append(
+                f"    server {node.name} {plan.ip(node.name)}:{svc.node_port} track {HEALTH_BACKEND}/{node.name}{limit}"
+            )
     return "\n".join(lines) + "\n"

@@ -271,7 +271,6 @@ def _random(era: str, left: int) -> list[str]:
     return ["-m", "statistic", "--mode", "random", "--probability", probability(era, left)]
 
 
-
 def _legacy(services: list[_Svc], cluster_cidr: str, random_fully: bool) -> tuple[str, str]:
     masq = f"{MASQ_MARK}/{MASQ_MARK}"
     drop = f"{DROP_MARK}/{DROP_MARK}"

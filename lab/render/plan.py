@@ -109,7 +109,10 @@ def _ifname(candidate: str, fallback: str) -> str:
 
 
 def build_plan(topo: Topology) -> NetworkPlan:
-    hosts: list[HostPlan] = [HostPlan(CLIENT_ROUTER, "router", vpc="client"), HostPlan(CLUSTER_ROUTER, "router", vpc="cluster")]
+    hosts: list[HostPlan] = [
+        HostPlan(CLIENT_ROUTER, "router", vpc="client"),
+        HostPlan(CLUSTER_ROUTER, "router", vpc="cluster"),
+    ]
     bridges: list[Bridge] = []
     links: list[Link] = []
     routes: list[Route] = []
@@ -157,7 +160,9 @@ def build_plan(topo: Topology) -> NetworkPlan:
         gw = net.network_address + 1
         subnets[az.name] = net
         gateways[az.name] = gw
-        bridges.append(Bridge(CLUSTER_ROUTER, _ifname(f"br-{az.name}", f"br-{az.letter}"), IPv4Interface(f"{gw}/{net.prefixlen}")))
+        bridges.append(
+            Bridge(CLUSTER_ROUTER, _ifname(f"br-{az.name}", f"br-{az.letter}"), IPv4Interface(f"{gw}/{net.prefixlen}"))
+        )
         capacity = net.num_addresses - 2
         azn = [n for n in topo.k8s_nodes if n.az == az.name]
         if NODE_HOST_OFFSET + len(azn) > capacity:
@@ -200,8 +205,12 @@ def build_plan(topo: Topology) -> NetworkPlan:
         routes.append(Route(CLUSTER_ROUTER, pod_cidr, ip))  # the VPC route table entry kubenet adds
         sysctls.append((node.name, "net.ipv4.ip_forward", "1"))
         ct = topo.kube_proxy.conntrack
-        sysctls.append((node.name, "net.netfilter.nf_conntrack_tcp_timeout_established", str(int(ct.tcp_timeout_established))))
-        sysctls.append((node.name, "net.netfilter.nf_conntrack_tcp_timeout_close_wait", str(int(ct.tcp_timeout_close_wait))))
+        sysctls.append(
+            (node.name, "net.netfilter.nf_conntrack_tcp_timeout_established", str(int(ct.tcp_timeout_established)))
+        )
+        sysctls.append(
+            (node.name, "net.netfilter.nf_conntrack_tcp_timeout_close_wait", str(int(ct.tcp_timeout_close_wait)))
+        )
         sysctls.append((node.name, "net.netfilter.nf_conntrack_tcp_be_liberal", "1" if ct.tcp_be_liberal else "0"))
 
     # Pods: eth0 in the pod, a veth in the node on cbr0.
@@ -213,7 +222,11 @@ def build_plan(topo: Topology) -> NetworkPlan:
         if k + 2 >= cidr.num_addresses - 1:
             raise ValueError(f"pod CIDR {cidr} of {pod.node} is too small for its pods")
         ip = cidr.network_address + 2 + k
-        hosts.append(HostPlan(pod.name, "pod", az=topo.node(pod.node).az, vpc="cluster", ip=ip, node=pod.node, service=pod.service))
+        hosts.append(
+            HostPlan(
+                pod.name, "pod", az=topo.node(pod.node).az, vpc="cluster", ip=ip, node=pod.node, service=pod.service
+            )
+        )
         links.append(
             Link(
                 pod.name,
@@ -231,7 +244,8 @@ def build_plan(topo: Topology) -> NetworkPlan:
         sysctls.append((router, "net.ipv4.conf.default.send_redirects", "0"))
 
     cluster_ips = {
-        svc.name: topo.cluster.service_cidr.network_address + SERVICE_IP_OFFSET + i for i, svc in enumerate(topo.services)
+        svc.name: topo.cluster.service_cidr.network_address + SERVICE_IP_OFFSET + i
+        for i, svc in enumerate(topo.services)
     }
     return NetworkPlan(
         hosts=tuple(hosts),
@@ -257,8 +271,16 @@ def describe(plan: NetworkPlan) -> str:
     lines += [f"bridge {b.host}/{b.name} {b.address or ''}".rstrip() for b in plan.bridges]
     lines.append("# links (veth)")
     for link in plan.links:
-        a = f"{link.a.host}/{link.a.ifname}" + (f"@{link.a.bridge}" if link.a.bridge else "") + (f" {link.a.address}" if link.a.address else "")
-        b = f"{link.b.host}/{link.b.ifname}" + (f"@{link.b.bridge}" if link.b.bridge else "") + (f" {link.b.address}" if link.b.address else "")
+        a = (
+            f"{link.a.host}/{link.a.ifname}"
+            + (f"@{link.a.bridge}" if link.a.bridge else "")
+            + (f" {link.a.address}" if link.a.address else "")
+        )
+        b = (
+            f"{link.b.host}/{link.b.ifname}"
+            + (f"@{link.b.bridge}" if link.b.bridge else "")
+            + (f" {link.b.address}" if link.b.address else "")
+        )
         lines.append(f"link {link.name} ({link.kind}): {a} <-> {b}")
     lines.append("# routes")
     lines += [f"route {r.host}: {'default' if r.dst.prefixlen == 0 else r.dst} via {r.via}" for r in plan.routes]

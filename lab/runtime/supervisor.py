@@ -11,6 +11,7 @@ Control: JSON lines on a unix socket in the lab's state directory (see lab.runti
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -240,10 +241,8 @@ class Supervisor:
 
     def _signal(self, proc: Proc, sig: int) -> None:
         if proc.pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _stop(self, proc: Proc, sig: int = signal.SIGTERM) -> None:
         proc.wanted = False
@@ -279,10 +278,8 @@ class Supervisor:
                 reply = self._handle(json.loads(data or b"{}"))
             except Exception as exc:  # a bad request must not take the supervisor down
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            try:
+            with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
 
     def _handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
@@ -356,9 +353,7 @@ def _run_pod(pod: dict[str, Any], ready_w: int | None) -> None:
     if ready_w is not None:
         os.write(ready_w, b"1")
         os.close(ready_w)
-    identity = PodIdentity(
-        service=pod["service"], pod=pod["pod"], node=pod["node"], az=pod["az"], pod_ip=pod["ip"]
-    )
+    identity = PodIdentity(service=pod["service"], pod=pod["pod"], node=pod["node"], az=pod["az"], pod_ip=pod["ip"])
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     serve(listener, identity, accept_delay=float(pod.get("accept_delay", 0.0)))
 

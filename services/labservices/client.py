@@ -56,8 +56,13 @@ def echo_payload(arg: str) -> bytes:
 def pod_info_dict(info) -> dict:
     """A PodInfo as a plain dict, with the field spelled `service` (a keyword in Thrift IDL)."""
     return {
-        "service": info.service_name, "pod": info.pod, "node": info.node, "az": info.az,
-        "pod_ip": info.pod_ip, "client_ip": info.client_ip, "client_port": info.client_port,
+        "service": info.service_name,
+        "pod": info.pod,
+        "node": info.node,
+        "az": info.az,
+        "pod_ip": info.pod_ip,
+        "client_ip": info.client_ip,
+        "client_port": info.client_port,
     }
 
 

@@ -59,8 +59,9 @@ class PodIdentity:
             value = given.get(field)
             values[field] = value if value is not None else environ.get(var, "")
         if not values["service"] or not values["pod"]:
-            raise ValueError(f"service and pod are required (--service/--pod or ${IDENTITY_ENV['service']}"
-                             f"/${IDENTITY_ENV['pod']})")
+            raise ValueError(
+                f"service and pod are required (--service/--pod or ${IDENTITY_ENV['service']}/${IDENTITY_ENV['pod']})"
+            )
         return cls(**values)
 
 
@@ -86,13 +87,18 @@ class _Handler:
 
     def whoami(self) -> PodInfo:
         info = self._info
-        return PodInfo(service_name=info.service, pod=info.pod, node=info.node, az=info.az,
-                       pod_ip=info.pod_ip or self._local[0],
-                       client_ip=self._peer[0], client_port=self._peer[1])
+        return PodInfo(
+            service_name=info.service,
+            pod=info.pod,
+            node=info.node,
+            az=info.az,
+            pod_ip=info.pod_ip or self._local[0],
+            client_ip=self._peer[0],
+            client_port=self._peer[1],
+        )
 
 
-def _serve_connection(conn: socket.socket, peer: tuple, info: PodIdentity,
-                      idle_timeout: float | None, forget) -> None:
+def _serve_connection(conn: socket.socket, peer: tuple, info: PodIdentity, idle_timeout: float | None, forget) -> None:
     """Answer requests on one connection until the client closes it (pooled or one-shot alike)."""
     try:
         conn.settimeout(idle_timeout)
@@ -110,9 +116,15 @@ def _serve_connection(conn: socket.socket, peer: tuple, info: PodIdentity,
         conn.close()
 
 
-def serve(listener: socket.socket, info: PodIdentity, stop: threading.Event | None = None, *,
-          backlog: int | None = None, accept_delay: float = 0.0,
-          idle_timeout: float | None = None) -> None:
+def serve(
+    listener: socket.socket,
+    info: PodIdentity,
+    stop: threading.Event | None = None,
+    *,
+    backlog: int | None = None,
+    accept_delay: float = 0.0,
+    idle_timeout: float | None = None,
+) -> None:
     """Serve LabService on `listener` until `stop` is set (forever if None).
 
     `listener` is a bound TCP socket the caller owns (and closes after serve returns). If
@@ -155,8 +167,12 @@ def serve(listener: socket.socket, info: PodIdentity, stop: threading.Event | No
             with lock:
                 conns.add(conn)
             # Plain threads, not a pool: the lab wants TThreadedServer's behaviour.
-            threading.Thread(target=_serve_connection, args=(conn, peer, info, idle_timeout, forget),
-                             name=f"conn-{peer[0]}:{peer[1]}", daemon=True).start()
+            threading.Thread(
+                target=_serve_connection,
+                args=(conn, peer, info, idle_timeout, forget),
+                name=f"conn-{peer[0]}:{peer[1]}",
+                daemon=True,
+            ).start()
             # A busy pod: the next accept() comes late, so the kernel's accept queue fills.
             if accept_delay > 0:
                 stop.wait(accept_delay)
@@ -168,8 +184,7 @@ def serve(listener: socket.socket, info: PodIdentity, stop: threading.Event | No
                     conn.shutdown(socket.SHUT_RDWR)  # wakes its thread's recv(); the thread closes it
 
 
-def stop_on_signals(stop: threading.Event,
-                    signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+def stop_on_signals(stop: threading.Event, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
     """Set `stop` on these signals (call from the main thread) so serve() returns and the process exits 0."""
     for sig in signals:
         signal.signal(sig, lambda _signum, _frame: stop.set())
@@ -193,12 +208,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-ip", help=f"pod IP to report (default ${env['pod_ip']}, else the local address)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %(default)s)")
-    p.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG,
-                   help="listen backlog (default %(default)s)")
-    p.add_argument("--accept-delay", type=float, default=0.0, metavar="SECONDS",
-                   help="sleep after each accepted connection, to emulate a busy pod (default 0)")
-    p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
-                   help="close connections idle this long (default: never)")
+    p.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen backlog (default %(default)s)")
+    p.add_argument(
+        "--accept-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sleep after each accepted connection, to emulate a busy pod (default 0)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close connections idle this long (default: never)",
+    )
     return p
 
 
@@ -206,16 +230,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        info = PodIdentity.from_env(service=args.service, pod=args.pod, node=args.node, az=args.az,
-                                    pod_ip=args.pod_ip)
+        info = PodIdentity.from_env(service=args.service, pod=args.pod, node=args.node, az=args.az, pod_ip=args.pod_ip)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     stop_on_signals(stop)
     with listen_tcp(args.host, args.port, args.backlog) as listener:
-        log.info("serving %s/%s on %s:%d (backlog %d)", info.service, info.pod, args.host,
-                 listener.getsockname()[1], args.backlog)
+        log.info(
+            "serving %s/%s on %s:%d (backlog %d)",
+            info.service,
+            info.pod,
+            args.host,
+            listener.getsockname()[1],
+            args.backlog,
+        )
         serve(listener, info, stop, accept_delay=args.accept_delay, idle_timeout=args.idle_timeout)
     log.info("stopped")
     return 0

@@ -113,9 +113,7 @@ def test_endpoints_from_topology_in_pod_order() -> None:
 
 
 def _synthetic(ips: list[str], node: str = "node-a1") -> list[Endpoint]:
-    return [
-        Endpoint(pod=f"accounts-{i}", ip=IPv4Address(ip), port=9090, node=node) for i, ip in enumerate(ips)
-    ]
+    return [Endpoint(pod=f"accounts-{i}", ip=IPv4Address(ip), port=9090, node=node) for i, ip in enumerate(ips)]
 
 
 def _dnat_order(text: str, service: str) -> list[str]:
@@ -437,7 +435,7 @@ def test_describe_rule_examples() -> None:
     sep = "KUBE-SEP-WYZSIGPK7S6MRMLX"
     rule = f"-A KUBE-SVC-527RGA3AUSNHXIQS -m statistic --mode random --probability 0.5 -j {sep}"
     assert describe_rule(rule) == f"picks endpoint {sep} with probability 0.50 (random)"
-    assert describe_rule(f"-A KUBE-SVC-X -m comment --comment \"a -> b\" -j {sep}") == (
+    assert describe_rule(f'-A KUBE-SVC-X -m comment --comment "a -> b" -j {sep}') == (
         f"picks endpoint {sep} (every connection that reaches this rule)"
     )
     dnat = f"-A {sep} -m comment --comment a/b:c -m tcp -p tcp -j DNAT --to-destination 1.2.3.4:9090"
@@ -454,8 +452,7 @@ def test_describe_rule_examples() -> None:
         "! -s 100.96.0.0/11 -j KUBE-MARK-MASQ"
     )
     assert describe_rule(masq) == (
-        "marks TCP packets from outside 100.96.0.0/11 to 100.64.0.16/32:9090 "
-        "for masquerade (SNAT on the way out)"
+        "marks TCP packets from outside 100.96.0.0/11 to 100.64.0.16/32:9090 for masquerade (SNAT on the way out)"
     )
     last = f'-A KUBE-SERVICES -m comment --comment "{NODEPORTS_LAST}" -m addrtype --dst-type LOCAL '
     last += "-j KUBE-NODEPORTS"

@@ -220,8 +220,7 @@ def test_accept_delay_holds_new_connections():
 
 
 def test_identity_from_env():
-    env = {"SERVICE_NAME": "orders", "POD_NAME": "orders-1", "NODE_NAME": "n1", "NODE_ZONE": "z1",
-           "POD_IP": "10.0.0.5"}
+    env = {"SERVICE_NAME": "orders", "POD_NAME": "orders-1", "NODE_NAME": "n1", "NODE_ZONE": "z1", "POD_IP": "10.0.0.5"}
     assert PodIdentity.from_env(env) == PodIdentity("orders", "orders-1", "n1", "z1", "10.0.0.5")
     assert PodIdentity.from_env(env, pod="orders-2", node=None).pod == "orders-2"
     with pytest.raises(ValueError):
@@ -231,9 +230,23 @@ def test_identity_from_env():
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
 def test_standalone_serves_and_exits_0_on_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "labservices.server", "--service", "users", "--pod", "users-0",
-         "--host", "127.0.0.1", "--port", "0", "--backlog", "5"],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "labservices.server",
+            "--service",
+            "users",
+            "--pod",
+            "users-0",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--backlog",
+            "5",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "NODE_NAME": "node-env"},
     )
     try:

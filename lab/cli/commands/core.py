@@ -33,7 +33,8 @@ def _topology_path(path: Path | None) -> Path:
 
 @command(
     "up",
-    epilog="Examples:\n\n  lab up\n\n  lab up -t topologies/seed-2017.yaml --set nodes_per_az=3 --set elb.cross_zone=true\n\n"
+    epilog="Examples:\n\n  lab up\n\n"
+    "  lab up -t topologies/seed-2017.yaml --set nodes_per_az=3 --set elb.cross_zone=true\n\n"
     "  lab up --name second --dry-run",
 )
 def up_cmd(
@@ -61,7 +62,10 @@ def up_cmd(
         f"{len(topo.k8s_nodes)} nodes, {len(topo.pods)} pods, {len(topo.services)} services "
         f"(kube-proxy {topo.kube_proxy.flavour}, cross-zone {'on' if topo.elb.cross_zone else 'off'})"
     )
-    console.print(f"next: lab status -n {lab.name}   lab call {topo.services[0].name} whoami -n {lab.name}   lab down -n {lab.name}")
+    console.print(
+        f"next: lab status -n {lab.name}   lab call {topo.services[0].name} whoami -n {lab.name}   "
+        f"lab down -n {lab.name}"
+    )
 
 
 @command("down", epilog="Example:\n\n  lab down --name default")
@@ -74,7 +78,9 @@ def down_cmd(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
     elif not result["was_up"]:
         console.print(f"lab '{lab_name}' is not up; nothing to do")
     else:
-        console.print(f"lab '{lab_name}' is down ({len(result['removed'])} namespaces removed in {result['seconds']:.2f}s)")
+        console.print(
+            f"lab '{lab_name}' is down ({len(result['removed'])} namespaces removed in {result['seconds']:.2f}s)"
+        )
 
 
 @command("clean", epilog="Example:\n\n  lab clean")
@@ -110,7 +116,10 @@ def status_cmd(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
             console.print(f"  {role + 's':8} {', '.join(roles[role])}")
     procs = info.get("processes", [])
     bad = [p for p in procs if p["state"] != "running" or not p["ready"]]
-    console.print(f"  processes {len(procs) - len(bad)}/{len(procs)} running" + (f"; {info['problem']}" if info.get("problem") else ""))
+    console.print(
+        f"  processes {len(procs) - len(bad)}/{len(procs)} running"
+        + (f"; {info['problem']}" if info.get("problem") else "")
+    )
     for p in bad:
         console.print(f"    {p['name']}: {p['state']} (restarts {p['restarts']}, exit {p['exit_code']})")
     instances = sorted({i for e in info["elb"] for i in e["instances"]})
@@ -141,7 +150,9 @@ def call_cmd(
     method: str = typer.Argument(..., help="ping | echo SIZE|TEXT | work MS | whoami"),
     args: list[str] = typer.Argument(None, help="Method arguments."),
     via: str = typer.Option("elb", "--via", help="elb (default), node (its NodePort) or pod (from the pod's node)."),
-    target: str = typer.Option(None, "--target", help="Which ELB node / node / pod (default: random, like DNS round robin)."),
+    target: str = typer.Option(
+        None, "--target", help="Which ELB node / node / pod (default: random, like DNS round robin)."
+    ),
     source: str = typer.Option(None, "--from", help="Host to call from (default: the client tier)."),
     timeout: float = typer.Option(5.0, "--timeout", help="Connect and RPC timeout in seconds."),
     name: str = NameOpt,
@@ -164,7 +175,8 @@ def call_cmd(
 @command(
     "exec",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    epilog="Examples:\n\n  lab exec node-a1 -- iptables-save -t nat\n\n  lab exec node-b1 -- conntrack -L\n\n  lab exec apollo-1 -- ss -tn",
+    epilog="Examples:\n\n  lab exec node-a1 -- iptables-save -t nat\n\n  lab exec node-b1 -- conntrack -L\n\n"
+    "  lab exec apollo-1 -- ss -tn",
 )
 def exec_cmd(
     ctx: typer.Context,

@@ -1,0 +1,47 @@
+"""Shared test helpers: the root marker, unique lab names, and independent tools run inside lab hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOPOLOGIES = REPO / "topologies"
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs root and network namespaces (run as root: make test)")
+    for item in items:
+        if "root" in item.keywords and not IS_ROOT:
+            item.add_marker(skip)
+
+
+def unique_lab_name(prefix: str = "t") -> str:
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+def ns(lab: str, host: str) -> str:
+    return f"lab.{lab}.{host}"
+
+
+def in_host(lab: str, host: str, *cmd: str, check: bool = True) -> str:
+    """Run an independent tool (ip, iptables-save, conntrack, ss, ...) inside a lab host."""
+    proc = subprocess.run(["ip", "netns", "exec", ns(lab, host), *cmd], capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} in {host} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def ip_json(lab: str, host: str, *args: str) -> list[dict]:
+    return json.loads(in_host(lab, host, "ip", "-json", *args) or "[]")
+
+
+def lab_namespaces(lab: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(f"lab.{lab}.")]
