@@ -31,6 +31,7 @@ test-integration: setup
 
 lint: setup
 	@$(VENV)/bin/ruff check lab services tests benchmarks
+	@$(VENV)/bin/ruff format --check -q lab services tests benchmarks
 
 bench: setup
 	@$(SUDO) $(PY) benchmarks/bench_up_down.py

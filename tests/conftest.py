@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+GOLDEN = REPO / "tests" / "golden"
+
+
+def assert_golden(relative: str, text: str) -> None:
+    """Compare rendered text with tests/golden/<relative>; LAB_UPDATE_GOLDEN=1 rewrites it for review."""
+    path = GOLDEN / relative
+    if os.environ.get("LAB_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing; run with LAB_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{path.name} differs; review the diff, then LAB_UPDATE_GOLDEN=1 to accept"
+
+
 def unique_lab_name(prefix: str = "t") -> str:
     return f"{prefix}{secrets.token_hex(3)}"
 

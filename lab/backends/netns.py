@@ -105,6 +105,7 @@ class NetnsBackend:
         for path in paths.values():
             create_netns(Path(path))
         hosts = self.hosts(lab)
+        self._start_supervisor(state)  # its interpreter starts while we build the network
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda h: h.set_sysctls(BASE_SYSCTLS), hosts.values()))
 
@@ -129,7 +130,7 @@ class NetnsBackend:
             state.path("run", f"{elb.name}.haproxy.cfg").write_text(cfg)
         specs = process_specs(lab)
         state.processes_file.write_text(json.dumps({"lab": lab.name, "processes": specs}, indent=2))
-        self._start_supervisor(state)
+        self._load_processes(state)
         self._wait_ready(lab)
 
     def _start_supervisor(self, state: LabState) -> None:
@@ -145,6 +146,19 @@ class NetnsBackend:
             )
         state.record("supervisor", pid=proc.pid)
         state.update_info(supervisor_pid=proc.pid)
+
+    def _load_processes(self, state: LabState) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                control.request(state.control_socket, {"cmd": "load"}, timeout=5)
+                return
+            except LabStateError:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"the lab's supervisor did not start; see {state.path('logs', 'supervisor.log')}"
+                    ) from None
+                time.sleep(0.01)
 
     def _wait_ready(self, lab: Lab) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -285,17 +299,18 @@ def apply_kube_proxy(lab: Lab, nodes: list[str], first: bool = False, endpoints:
     def apply(node: str) -> None:
         rules = render_node(lab.topology, lab.plan, node, endpoints)
         lab.state.path("run", f"{node}.iptables").write_text(rules.text())
-        if first:
-            hosts[node].run(["iptables-restore", "--noflush"], input=rules.jumps)
-        hosts[node].run(["iptables-restore", "--noflush"], input=rules.chains)
+        # One iptables-restore per node: the jump block commits first, then the chains block.
+        hosts[node].run(["iptables-restore", "--noflush"], input=(rules.jumps if first else "") + rules.chains)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(apply, nodes))
 
 
 def _wire(lab: Lab, paths: dict[str, str]) -> None:
+    """Bridges, veth pairs, addresses and routes of the plan, with as few netlink round trips as we can."""
     plan = lab.plan
     iprs: dict[str, IPRoute] = {}
+    indexes: dict[str, dict[str, int]] = {}
 
     def ipr(host: str) -> IPRoute:
         if host not in iprs:
@@ -303,38 +318,43 @@ def _wire(lab: Lab, paths: dict[str, str]) -> None:
         return iprs[host]
 
     def index(host: str, ifname: str) -> int:
-        found = ipr(host).link_lookup(ifname=ifname)
-        if not found:
+        if ifname not in indexes.setdefault(host, {}):
+            indexes[host] = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr(host).get_links()}
+        if ifname not in indexes[host]:
             raise LabError(f"{host}: interface {ifname} did not appear")
-        return found[0]
+        return indexes[host][ifname]
+
+    def add_address(host: str, ifname: str, address) -> None:
+        ipr(host).addr("add", index=index(host, ifname), address=str(address.ip), prefixlen=address.network.prefixlen)
 
     try:
         for host in paths:
-            lo = index(host, "lo")
-            ipr(host).link("set", index=lo, ifalias=f"{TAG_PREFIX}{lab.name}", state="up")
+            ipr(host).link("set", ifname="lo", ifalias=f"{TAG_PREFIX}{lab.name}", state="up")
         for br in plan.bridges:
-            ipr(br.host).link("add", ifname=br.name, kind="bridge")
-            idx = index(br.host, br.name)
+            ipr(br.host).link("add", ifname=br.name, kind="bridge", state="up")
             if br.address:
-                ipr(br.host).addr("add", index=idx, address=str(br.address.ip), prefixlen=br.address.network.prefixlen)
-            ipr(br.host).link("set", index=idx, state="up")
+                add_address(br.host, br.name, br.address)
         for link in plan.links:
+            # Created in namespace a (enslaved and up in the same request), its peer placed straight into b.
+            extra = {"master": index(link.a.host, link.a.bridge)} if link.a.bridge else {}
             ipr(link.a.host).link(
                 "add",
                 ifname=link.a.ifname,
                 kind="veth",
                 ifalias=link.b.host,
+                state="up",
                 peer={"ifname": link.b.ifname, "net_ns_fd": paths[link.b.host]},
+                **extra,
             )
-            for end in (link.a, link.b):
-                idx = index(end.host, end.ifname)
-                if end.bridge:
-                    ipr(end.host).link("set", index=idx, master=index(end.host, end.bridge))
-                if end.address:
-                    ipr(end.host).addr(
-                        "add", index=idx, address=str(end.address.ip), prefixlen=end.address.network.prefixlen
-                    )
-                ipr(end.host).link("set", index=idx, state="up")
+            if link.a.address:
+                add_address(link.a.host, link.a.ifname, link.a.address)
+        for link in plan.links:
+            end = link.b
+            if end.bridge:
+                ipr(end.host).link("set", index=index(end.host, end.ifname), master=index(end.host, end.bridge))
+            if end.address:
+                add_address(end.host, end.ifname, end.address)
+            ipr(end.host).link("set", index=index(end.host, end.ifname), state="up")
         for route in plan.routes:
             ipr(route.host).route("add", dst=str(route.dst), gateway=str(route.via))
     finally:

@@ -6,7 +6,9 @@ per pod), then setns(2) into the pod's namespace; HAProxy is forked and exec'd t
 Children get PR_SET_PDEATHSIG so a killed supervisor takes them down with it; `lab clean` also kills
 whatever still runs in the lab's namespaces.
 
-Control: JSON lines on a unix socket in the lab's state directory (see lab.runtime.control).
+Control: JSON lines on a unix socket in the lab's state directory (see lab.runtime.control). It starts
+empty (so `lab up` can launch it early and overlap its start-up with the network build) and starts the
+processes of processes.json on the `load` command.
 """
 
 from __future__ import annotations
@@ -71,8 +73,7 @@ def _log(msg: str) -> None:
 class Supervisor:
     def __init__(self, state_dir: Path):
         self.dir = state_dir
-        spec = json.loads((state_dir / "processes.json").read_text())
-        self.procs = {p["name"]: Proc(p["name"], p) for p in spec["processes"]}
+        self.procs: dict[str, Proc] = {}
         self.sel = selectors.DefaultSelector()
         self.running = True
         self._wake_r, self._wake_w = socket.socketpair()
@@ -93,8 +94,6 @@ class Supervisor:
         signal.set_wakeup_fd(self._wake_w.fileno())
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        for proc in self.procs.values():
-            self._start(proc)
         last_check = 0.0
         while self.running:
             for key, _ in self.sel.select(timeout=0.05):
@@ -288,6 +287,13 @@ class Supervisor:
         if cmd == "shutdown":
             self.running = False
             return {"ok": True}
+        if cmd == "load":  # start every process of processes.json not yet known (lab up sends this)
+            spec = json.loads((self.dir / "processes.json").read_text())
+            for entry in spec["processes"]:
+                if entry["name"] not in self.procs:
+                    self.procs[entry["name"]] = Proc(entry["name"], entry)
+                    self._start(self.procs[entry["name"]])
+            return {"ok": True, "processes": len(self.procs)}
         name = req.get("name")
         if name not in self.procs:
             return {"ok": False, "error": f"no process named {name!r}"}

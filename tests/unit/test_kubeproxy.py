@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 from dataclasses import replace
 from ipaddress import IPv4Address
@@ -24,6 +23,7 @@ from lab.render.kubeproxy import (
     stale_chains,
 )
 from lab.render.plan import build_plan
+from tests.conftest import assert_golden
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "kubeproxy"
@@ -68,13 +68,7 @@ def _golden_cases() -> list[tuple[str, str, list[str], str]]:
 
 @pytest.mark.parametrize(("label", "name", "overrides", "node"), _golden_cases())
 def test_golden(label: str, name: str, overrides: list[str], node: str) -> None:
-    text = render(name, node, overrides).text()
-    path = GOLDEN / f"{label}-{node}.rules"
-    if os.environ.get("LAB_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing; run with LAB_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(), f"{path.name} differs; review, then LAB_UPDATE_GOLDEN=1 to accept"
+    assert_golden(f"kubeproxy/{label}-{node}.rules", render(name, node, overrides).text())
 
 
 # --- chain names --------------------------------------------------------------------------------------------
