@@ -14,6 +14,7 @@ packages=(
   kmod             # modprobe for optional kernel modules
   libnetfilter-queue-dev  # the userspace delay path when the kernel lacks sch_netem
   gcc libc6-dev    # to build that small NFQUEUE helper
+  busybox-static   # the tiny local image of the container-namespace fault test (no registry needed)
   python3-venv
 )
 
@@ -25,6 +26,10 @@ done
 if python3 -c 'import venv, ensurepip' 2>/dev/null; then
   missing=("${missing[@]/python3-venv}")
 fi
+# Debian's Docker engine, for the test that starts its own private dockerd (no iptables, no bridge): only where
+# no engine is installed (never over Docker CE), and the package must not start or enable the default daemon,
+# which would add iptables rules and docker0 to this machine.
+command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || [ -x /usr/bin/dockerd ] || missing+=(docker.io)
 missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -35,4 +40,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "Installing Debian packages: ${missing[*]}"
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+no_start=""
+if [[ " ${missing[*]} " == *" docker.io "* && ! -e /usr/sbin/policy-rc.d ]]; then
+  no_start=/usr/sbin/policy-rc.d  # invoke-rc.d and deb-systemd-invoke honour it: exit 101 = do not start
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$no_start" >/dev/null && $SUDO chmod 755 "$no_start"
+  trap '$SUDO rm -f "$no_start"' EXIT
+fi
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [[ " ${missing[*]} " == *" docker.io "* && -d /run/systemd/system ]]; then
+  $SUDO systemctl disable --quiet docker.service docker.socket 2>/dev/null || true
+fi

@@ -45,6 +45,7 @@ TOOLS = {
 }
 ELB_READY_TIMEOUT = 60.0
 POD_READY_TIMEOUT = 180.0
+KUBE_PROXY_SYNC_TIMEOUT = 15.0
 
 
 def _tail(text: str) -> str:
@@ -219,31 +220,20 @@ class KindBackend:
         return mapping
 
     def _setup_nodes(self, lab: Lab, hosts: dict[str, Host]) -> None:
-        from lab.backends.netns import netns_iproute
-
         sysctls: dict[str, dict[str, str]] = {}
         for host, key, value in lab.plan.sysctls:
             sysctls.setdefault(host, {})[key] = value
-
-        def setup(node: str) -> None:
-            host = hosts[node]
-            with netns_iproute(host.netns) as ipr:
-                eth0 = ipr.link_lookup(ifname="eth0")
-                if not eth0:
-                    raise LabError(f"{node}: the kind node container has no eth0")
-                have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=eth0[0], family=socket.AF_INET)}
-                if host.ip not in have:  # the ELB nodes health-check and send to this address
-                    ipr.addr("add", index=eth0[0], address=host.ip, prefixlen=32)
-            host.set_sysctls(sysctls.get(node, {}))
-
+        nodes = [n.name for n in lab.topology.k8s_nodes]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(setup, [n.name for n in lab.topology.k8s_nodes]))
+            list(pool.map(lambda node: setup_node(hosts[node], sysctls.get(node, {})), nodes))
 
-    def _wait_elbs(self, lab: Lab) -> None:
+    def _wait_elbs(self, lab: Lab, elbs: list[str] | None = None) -> None:
         from lab.haproxy_stats import show_stat
 
         deadline = time.monotonic() + ELB_READY_TIMEOUT
         for elb in lab.topology.elb_nodes:
+            if elbs is not None and elb.name not in elbs:
+                continue
             sock = self.elb_stats_socket(lab, elb.name)
             while True:
                 try:
@@ -404,6 +394,43 @@ class KindBackend:
             timeout=POD_READY_TIMEOUT + 10)  # fmt: skip
         lab.__dict__.pop("hosts", None)  # the pod has a new sandbox: a new namespace and address
 
+    def sync_kube_proxy(self, lab: Lab, nodes: list[str], endpoints: dict | None = None, topology: Any = None) -> None:
+        """On kind the API is real: apply the changed Services and let each node's kube-proxy re-sync itself."""
+        if endpoints is not None:
+            raise LabError(
+                "on kind, endpoints come from Kubernetes' own endpoint controller; stop or start pods instead "
+                "of rewriting endpoints"
+            )
+        topo = topology if topology is not None else lab.topology
+        hosts = lab.hosts
+        before = {n: hosts[n].run(["iptables-save", "-t", "nat"]).stdout for n in nodes}
+        docs = [d for d in render.manifests(topo, lab.plan, service_image()) if d["kind"] != "Deployment"]
+        run(self._kubectl(lab, "apply", "-f", "-"), input=render.to_yaml(docs))
+        ports = [f"--dport {s.node_port}" for s in topo.services]
+        deadline = time.monotonic() + KUBE_PROXY_SYNC_TIMEOUT
+        pending = set(nodes)
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.5)  # kind's kube-proxy syncs at most once per second (iptables.minSyncPeriod)
+            for node in sorted(pending):
+                now = hosts[node].run(["iptables-save", "-t", "nat"]).stdout
+                if now != before[node] and all(p in now for p in ports):
+                    pending.discard(node)
+        if pending:
+            raise LabError(
+                f"kube-proxy on {', '.join(sorted(pending))} did not re-sync within {KUBE_PROXY_SYNC_TIMEOUT:g}s"
+            )
+
+    def elb_config(self, lab: Lab, elb: str) -> str:
+        return lab.state.path("elb", elb, "haproxy.cfg").read_text()
+
+    def set_elb_config(self, lab: Lab, elb: str, text: str) -> None:
+        path = lab.state.path("elb", elb, "haproxy.cfg")
+        tmp = path.with_suffix(".tmp")  # same directory: the container sees the new file through its mount
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        docker("restart", "--time", "1", render.KindNames(lab.name).container(elb), timeout=60)
+        self._wait_elbs(lab, [elb])
+
     # --- teardown ---
 
     def destroy(self, state: LabState) -> list[str]:
@@ -456,6 +483,23 @@ class KindBackend:
         return sorted(lab for lab in labs if lab and lab != "image" and lab not in with_state)
 
 
+def setup_node(host: Host, sysctls: dict[str, str]) -> None:
+    """Give a kind node its plan address (a /32 beside Docker's on eth0) and the topology's sysctls. Idempotent.
+
+    The ELB nodes health-check and send to the plan address; kube-proxy's NodePort rules match any local address.
+    """
+    from lab.backends.netns import netns_iproute
+
+    with netns_iproute(host.netns) as ipr:
+        eth0 = ipr.link_lookup(ifname="eth0")
+        if not eth0:
+            raise LabError(f"{host.name}: the node container has no eth0")
+        have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=eth0[0], family=socket.AF_INET)}
+        if host.ip not in have:
+            ipr.addr("add", index=eth0[0], address=host.ip, prefixlen=32)
+    host.set_sysctls(sysctls)
+
+
 def pod_netns_by_ip(node_pid: int, pod_ips: set[str]) -> dict[str, str]:
     """Pod IP -> the pod's network namespace file, seen through the node container's root.
 
@@ -481,4 +525,4 @@ def pod_netns_by_ip(node_pid: int, pod_ips: set[str]) -> dict[str, str]:
     return found
 
 
-__all__ = ["KindBackend", "pod_netns_by_ip", "service_image"]
+__all__ = ["KindBackend", "pod_netns_by_ip", "service_image", "setup_node"]
