@@ -8,8 +8,12 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: setup demo test test-unit test-integration lint bench clean distclean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VENV)/bin/lab-nfqdelay
 	@./scripts/install-system-deps.sh
+
+# The userspace delay path for kernels without sch_netem (lab.faults); rebuilt when its source changes.
+$(VENV)/bin/lab-nfqdelay: tools/nfqdelay.c $(STAMP)
+	@gcc -O2 -Wall -o $@ $< $$(pkg-config --libs libnetfilter_queue 2>/dev/null || echo -lnetfilter_queue -lnfnetlink)
 
 $(STAMP): pyproject.toml constraints.txt
 	@./scripts/install-system-deps.sh

@@ -107,8 +107,17 @@ def down(name: str) -> dict[str, Any]:
         return {"name": name, "removed": [], "was_up": False}
     started = time.monotonic()
     with signals_as_interrupts():
+        _end_faults(state)
         removed = backend.destroy(state)
     return {"name": name, "removed": removed, "was_up": True, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _end_faults(state: LabState) -> None:
+    """The lab's faults end with it: stop their reverters (the rest goes with the namespaces)."""
+    from lab.faults import teardown
+
+    with contextlib.suppress(OSError, LabError, ValueError):
+        teardown(state)
 
 
 def clean() -> list[dict[str, Any]]:
@@ -122,6 +131,7 @@ def clean() -> list[dict[str, Any]]:
         except LabError:
             continue
     for name, backend_name in sorted(names.items()):
+        _end_faults(LabState(name))
         removed = get_backend(backend_name).destroy(LabState(name))
         results.append({"name": name, "backend": backend_name, "removed": removed})
     return results

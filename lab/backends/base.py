@@ -39,6 +39,16 @@ class Backend(Protocol):
     def control_pod(self, lab: Lab, pod: str, action: str, overrides: dict[str, Any] | None = None) -> None:
         """stop | start | restart one pod's server (overrides: backlog, accept_delay)."""
 
+    def sync_kube_proxy(self, lab: Lab, nodes: list[str], endpoints: dict | None = None, topology: Any = None) -> None:
+        """Re-sync kube-proxy's chains on nodes as kube-proxy would after a change (endpoints or Service
+        spec: `topology` stands in for the API's view) and delete the per-service chains it no longer renders."""
+
+    def elb_config(self, lab: Lab, elb: str) -> str:
+        """The running configuration text of an ELB node's HAProxy."""
+
+    def set_elb_config(self, lab: Lab, elb: str, text: str) -> None:
+        """Replace an ELB node's HAProxy configuration and restart it; returns once it is ready."""
+
     def destroy(self, state: LabState) -> list[str]:
         """Remove everything the journal (and the lab's tagged namespaces) say exists; say what went."""
 

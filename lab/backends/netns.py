@@ -29,7 +29,7 @@ from lab.errors import EnvironmentProblem, InputError, LabError, LabStateError
 from lab.hosts import Host, NetnsThread, create_netns, delete_netns, pids_in_netns
 from lab.models.topology import all_cidrs
 from lab.render.haproxy import HaproxyPaths, render_haproxy
-from lab.render.kubeproxy import render_node
+from lab.render.kubeproxy import render_node, stale_chains
 from lab.render.plan import describe
 from lab.runtime import control
 from lab.state import NETNS_PREFIX, LabState, netns_name, split_netns_name
@@ -216,6 +216,38 @@ class NetnsBackend:
                     return
                 time.sleep(0.02)
             raise LabError(f"pod {pod} did not become ready")
+
+    def sync_kube_proxy(self, lab: Lab, nodes: list[str], endpoints: dict | None = None, topology: Any = None) -> None:
+        topo = topology if topology is not None else lab.topology
+        hosts = lab.hosts
+
+        def sync(node: str) -> None:
+            rules = render_node(topo, lab.plan, node, endpoints)
+            saved = hosts[node].run(["iptables-save", "-t", "nat"]).stdout
+            # One restore: the chains commit first, then the now unreferenced chains are deleted.
+            hosts[node].run(["iptables-restore", "--noflush"], input=rules.chains + stale_chains(saved, rules))
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(sync, nodes))
+
+    def elb_config(self, lab: Lab, elb: str) -> str:
+        return lab.state.path("run", f"{elb}.haproxy.cfg").read_text()
+
+    def set_elb_config(self, lab: Lab, elb: str, text: str) -> None:
+        path = lab.state.path("run", f"{elb}.haproxy.cfg")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        control.request(lab.state.control_socket, {"cmd": "restart", "name": f"elb/{elb}"})
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            procs = {p["name"]: p for p in self.processes(lab)}
+            if procs[f"elb/{elb}"]["ready"]:
+                return
+            time.sleep(0.01)
+        raise LabError(
+            f"ELB node {elb} did not come back after its configuration changed; {_last_log_line(lab, f'elb/{elb}')}"
+        )
 
     # --- teardown ---
 
