@@ -1,0 +1,321 @@
+"""Lab code on container network namespaces, on a real Docker engine started by the test itself.
+
+What the kind backend hands out - Host handles on /proc/<pid>/ns/net of a container, and on a pod's namespace
+reached through its node container's root - is exercised here with the same code the backend runs: a node's
+plan address and sysctls, pod namespace discovery, and the fault code (delay, conntrack) applied, observed
+and reverted inside a container's namespace.
+
+No image is pulled: a two-megabyte image is imported from busybox-static. NETWORK SAFETY: the engine is a
+private dockerd with --iptables=false --ip6tables=false --bridge=none --ip-forward=false --ip-masq=false,
+its own data root, exec root and socket under a temporary directory (stopped and removed afterwards, always);
+containers run with --network none and get their only link from a veth pair created inside a lab namespace
+with its peer moved straight into the container's namespace. Nothing is added to this machine's namespace;
+the first test checks that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.backends.kind import pod_netns_by_ip, setup_node
+from lab.backends.netns import netns_iproute
+from lab.hosts import Host, create_netns, delete_netns
+from tests.conftest import unique_lab_name
+
+pytestmark = pytest.mark.root
+
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "sleep", "mkdir", "touch", "mount", "unshare", "pidof", "cut", "nc", "ping", "cat")
+IMAGE = "lab-test/busybox:local"
+LABEL = "k8s-elb-lab.test=container-faults"
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if shutil.which("dockerd") is None and not Path("/usr/sbin/dockerd").exists():
+        return "dockerd is not installed (make setup installs Debian's docker.io)"
+    if shutil.which("docker") is None:
+        return "the docker client is not installed (make setup installs Debian's docker.io)"
+    if not BUSYBOX.exists():
+        return "busybox-static is not installed (make setup)"
+    return None
+
+
+def host_network_state() -> dict[str, str]:
+    """This machine's own links, addresses, routes, firewall and forwarding: what the engine must not change."""
+
+    def out(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+
+    links = json.loads(out("ip", "-json", "link") or "[]")
+    return {
+        "links": " ".join(sorted(f"{link['ifname']}:{link.get('operstate')}" for link in links)),
+        "addresses": out("ip", "-4", "-o", "addr"),
+        "routes": out("ip", "-4", "route", "show", "table", "all"),
+        "iptables": "\n".join(ln for ln in out("iptables-save").splitlines() if not ln.startswith("#")),
+        "nft": out("nft", "list", "ruleset"),
+        "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(),
+    }
+
+
+class PrivateDocker:
+    """A dockerd of our own: no bridge, no iptables, no forwarding; everything under one temporary directory."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="lab-dockerd-", dir="/tmp"))
+        self.cgroup_parent = self.dir.name  # its containers' cgroups, removed with it
+        self.socket = self.dir / "docker.sock"
+        self.proc: subprocess.Popen | None = None
+        self.etc_docker_existed = Path("/etc/docker").exists()
+        self.key_existed = Path("/etc/docker/key.json").exists()
+
+    def start(self) -> None:
+        (self.dir / "daemon.json").write_text("{}")  # never read /etc/docker/daemon.json
+        dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+        argv = [
+            dockerd,
+            "--host", f"unix://{self.socket}",
+            "--data-root", str(self.dir / "data"),
+            "--exec-root", str(self.dir / "exec"),
+            "--pidfile", str(self.dir / "dockerd.pid"),
+            "--config-file", str(self.dir / "daemon.json"),
+            "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
+            "--bridge=none", "--userland-proxy=false", f"--cgroup-parent=/{self.cgroup_parent}",
+        ]  # fmt: skip
+        with open(self.dir / "dockerd.log", "wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if self.docker("version", check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"private dockerd did not start: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.dir / "dockerd.log").read_text(errors="replace")[-800:]
+        return ""
+
+    def docker(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
+        proc = subprocess.run(["docker", *args], env=env, capture_output=True, input=input, timeout=120, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)}: {proc.stderr.decode(errors='replace').strip()}")
+        return proc
+
+    def import_busybox(self) -> None:
+        """A minimal image from this machine's busybox-static, with `docker import` (no registry)."""
+        tar_path = self.dir / "rootfs.tar"
+        with tarfile.open(tar_path, "w") as tar:
+            for d in ("bin", "proc", "sys", "dev", "etc", "tmp", "run"):
+                info = tarfile.TarInfo(d)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            tar.add(BUSYBOX, arcname="bin/busybox")
+            for applet in APPLETS:
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+        self.docker("import", "--change", 'CMD ["sleep", "3600"]', str(tar_path), IMAGE)
+
+    def run(self, name: str, *args: str) -> int:
+        """Start a container (no network) and return its pid."""
+        self.docker("run", "--detach", "--name", name, "--label", LABEL, "--network", "none", *args)
+        return int(self.docker("inspect", "--format", "{{.State.Pid}}", name).stdout.decode().strip())
+
+    def cgroups(self) -> list[Path]:
+        """Our cgroup parent in every hierarchy (cgroup v1 controllers, or the v2 root)."""
+        root = Path("/sys/fs/cgroup")
+        return [*root.glob(f"*/{self.cgroup_parent}"), *root.glob(self.cgroup_parent)]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            ids = self.docker("ps", "-aq", "--filter", f"label={LABEL}", check=False).stdout.decode().split()
+            if ids:
+                self.docker("rm", "--force", *ids, check=False)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        # Mounts the engine may have left under its directory (overlay, netns): deepest first.
+        mounts = [ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(str(self.dir))), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for cgroup in self.cgroups():
+            for sub in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+        # dockerd 20.10 writes a trust key to /etc/docker whatever the flags: remove what we caused.
+        if not self.etc_docker_existed:
+            shutil.rmtree("/etc/docker", ignore_errors=True)
+        elif not self.key_existed:
+            Path("/etc/docker/key.json").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[tuple[PrivateDocker, dict[str, str]]]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    before = host_network_state()
+    docker = PrivateDocker()
+    try:
+        docker.start()
+        docker.import_busybox()
+        yield docker, before
+    finally:
+        docker.stop()
+    assert host_network_state() == before, "the private engine changed this machine's network state"
+    assert not docker.dir.exists()
+    assert not docker.cgroups(), "the engine left cgroups behind"
+
+
+@pytest.fixture
+def lab_peer() -> Iterator[Host]:
+    """A lab namespace (tagged, as the lab tags its own) to sit on the other end of a container's veth."""
+    lab = unique_lab_name("d")
+    path = Path(f"/run/netns/lab.{lab}.peer")
+    create_netns(path)
+    try:
+        with netns_iproute(str(path)) as ipr:
+            ipr.link("set", ifname="lo", ifalias=f"lab:{lab}", state="up")
+        yield Host("peer", "elb", str(path), ip="172.20.64.5")
+    finally:
+        delete_netns(path)
+
+
+def wire(peer: Host, container_pid: int, peer_addr: str, container_addr: str) -> None:
+    """A veth pair made inside the lab namespace, its peer end moved into the container's namespace as eth0."""
+    with netns_iproute(peer.netns) as ipr:
+        ipr.link(
+            "add",
+            ifname="eth0",
+            kind="veth",
+            state="up",
+            peer={"ifname": "eth0", "net_ns_fd": f"/proc/{container_pid}/ns/net"},
+        )
+        index = ipr.link_lookup(ifname="eth0")[0]
+        ip, prefix = peer_addr.split("/")
+        ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
+    with netns_iproute(f"/proc/{container_pid}/ns/net") as ipr:
+        index = ipr.link_lookup(ifname="eth0")[0]
+        ip, prefix = container_addr.split("/")
+        ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
+        ipr.link("set", index=index, state="up")
+
+
+def nsenter(netns: str, *cmd: str) -> str:
+    """An independent tool inside a namespace file."""
+    proc = subprocess.run(["nsenter", f"--net={netns}", "--", *cmd], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stderr.strip()}"
+    return proc.stdout
+
+
+def is_mount(path: str) -> bool:
+    try:
+        return os.stat(path).st_dev != os.stat(os.path.dirname(path)).st_dev
+    except FileNotFoundError:
+        return False
+
+
+def listen(host: Host, port: int) -> socket.socket:
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(64)
+        return s
+
+    return host.in_netns(make)
+
+
+def test_the_private_engine_runs_containers_without_touching_this_machines_network(engine):
+    docker, before = engine
+    pid = docker.run("lab-probe", IMAGE)
+    assert Path(f"/proc/{pid}/ns/net").exists()
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    assert host_network_state() == before
+    assert "docker0" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    docker.docker("rm", "--force", "lab-probe")
+
+
+def test_a_kind_node_gets_its_plan_address_and_sysctls_inside_its_container(engine, lab_peer):
+    docker, _ = engine
+    pid = docker.run("lab-node", IMAGE)
+    try:
+        wire(lab_peer, pid, "172.20.64.5/16", "172.20.0.2/16")  # eth0 as Docker gives it: one primary address
+        node = Host("node-a1", "node", f"/proc/{pid}/ns/net", ip="172.20.64.16")
+        setup_node(node, {"net.netfilter.nf_conntrack_tcp_be_liberal": "1"})
+        setup_node(node, {"net.netfilter.nf_conntrack_tcp_be_liberal": "1"})  # idempotent
+
+        addrs = json.loads(nsenter(node.netns, "ip", "-json", "-4", "addr", "show", "dev", "eth0"))[0]["addr_info"]
+        assert sorted((a["local"], a["prefixlen"]) for a in addrs) == [("172.20.0.2", 16), ("172.20.64.16", 32)]
+        assert nsenter(node.netns, "sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal").strip() == "1"
+        assert Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal").read_text().strip() == "0"  # ours: untouched
+
+        # An ELB node reaches the node on its plan address (ARP for the /32 is answered on eth0).
+        server = listen(node, 30090)
+        try:
+            sock, seconds = lab_peer.timed_connect(("172.20.64.16", 30090), timeout=3)
+            sock.close()
+        finally:
+            server.close()
+        neigh = json.loads(nsenter(lab_peer.netns, "ip", "-json", "neigh", "show", "172.20.64.16"))
+        mac = json.loads(nsenter(node.netns, "ip", "-json", "link", "show", "eth0"))[0]["address"]
+        assert neigh and neigh[0]["lladdr"] == mac
+    finally:
+        docker.docker("rm", "--force", "lab-node")
+
+
+def test_a_pods_namespace_is_found_through_its_node_containers_root(engine):
+    """As containerd does in a kind node: a pod sandbox's namespace bind-mounted at /run/netns/cni-* in the
+    node container's own mount namespace, invisible from this machine's /run/netns."""
+    docker, _ = engine
+    script = (
+        "mkdir -p /run/netns && touch /run/netns/cni-0001 && (unshare -n sleep 3600 &) && sleep 1 && "
+        "mount --bind /proc/$(pidof sleep | cut -d' ' -f1)/ns/net /run/netns/cni-0001 && exec sleep 3600"
+    )
+    pid = docker.run(
+        "lab-kindnode", "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined", IMAGE, "sh", "-c", script
+    )
+    try:
+        path = f"/proc/{pid}/root/run/netns/cni-0001"
+        deadline = time.monotonic() + 10
+        while not is_mount(path):  # the container's script is still mounting it
+            assert time.monotonic() < deadline, "the pod namespace was never mounted in the node container"
+            time.sleep(0.1)
+        with netns_iproute(path) as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.link("set", index=lo, state="up")
+            ipr.addr("add", index=lo, address="100.96.1.2", prefixlen=32)
+
+        found = pod_netns_by_ip(pid, {"100.96.1.2", "100.96.9.9"})
+        assert found == {"100.96.1.2": path}
+        assert not Path("/run/netns/cni-0001").exists()
+        assert os.stat(path).st_ino != os.stat(f"/proc/{pid}/ns/net").st_ino  # the pod's, not the node's
+        pod = Host("accounts-0", "pod", path, ip="100.96.1.2")
+        assert "100.96.1.2/32" in nsenter(pod.netns, "ip", "-4", "-o", "addr", "show", "dev", "lo")
+        assert "inet 100.96.1.2/32" in pod.run(["ip", "-4", "addr", "show", "dev", "lo"]).stdout
+    finally:
+        docker.docker("rm", "--force", "lab-kindnode")
