@@ -1,0 +1,145 @@
+"""Teaching commands: trace (one connection, hop by hop), explain (the rules, statically), diagnose (a node)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from lab.cli.app import command, console, print_json, progress
+from lab.lab import Lab, default_lab_name
+
+NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up, else 'default').")
+JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
+
+
+@command(
+    "trace",
+    epilog="Examples:\n\n  lab trace accounts\n\n  lab trace catalog --via node --target node-b1\n\n"
+    "  lab trace accounts --target elb-a1 --diagram trace.svg --mermaid\n\n  lab trace accounts --json",
+)
+def trace_cmd(
+    service: str = typer.Argument(..., help="Service to trace, e.g. accounts."),
+    via: str = typer.Option("elb", "--via", help="elb (client -> ELB node -> NodePort) or node (a NodePort directly)."),
+    target: str = typer.Option(
+        None, "--target", help="Which ELB node (--via elb) or node (--via node); random if unset."
+    ),
+    source: str = typer.Option(None, "--from", help="Host the connection starts from (default: the client tier)."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Connect and RPC timeout in seconds."),
+    diagram: Path = typer.Option(None, "--diagram", help="Also draw the path and its AZs into this .svg or .png."),
+    show_mermaid: bool = typer.Option(False, "--mermaid", help="Also print the path as a Mermaid flowchart."),
+    name: str = NameOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Send ONE real connection and show every hop: ELB node, instance, kube-proxy rules, conntrack, pod, reply.
+
+    A connection that fails is traced too (exit code 0: the trace worked); --json says "ok": false.
+    """
+    from lab.teach.diagram import mermaid, render_image
+    from lab.teach.trace import trace
+    from lab.teach.views import trace_tree
+
+    lab = Lab.load(name or default_lab_name())
+    with progress(f"lab trace {service}", quiet=json_out) as step:
+        step("tracing one connection")
+        result = trace(lab, service, via, source, target, timeout)
+    if diagram is not None:
+        render_image(result, diagram)
+    if json_out:
+        print_json(result.to_json())
+    else:
+        console.print(trace_tree(result), soft_wrap=False)
+        if show_mermaid:
+            sys.stdout.write("\n" + mermaid(result))
+        if diagram is not None:
+            console.print(f"diagram: {diagram}")
+
+
+@command(
+    "explain",
+    epilog="Examples:\n\n  lab explain\n\n  lab explain accounts --node node-a1\n\n"
+    "  lab explain -t topologies/seed-2017.yaml --set services.accounts.external_traffic_policy=Local\n\n"
+    "  lab explain catalog --json",
+)
+def explain_cmd(
+    service: str = typer.Argument(None, help="Only this service (default: every service)."),
+    topology: Path = typer.Option(
+        None, "--topology", "-t", help="Explain this topology file; no lab needs to be up (default: the lab's)."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help="Override a topology field: KEY=VALUE (with -t)."),
+    node: str = typer.Option(None, "--node", help="Only this node's rules."),
+    brief: bool = typer.Option(False, "--brief", help="Summaries only, without the rules."),
+    name: str = NameOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Static walk-through: ELB listeners and health check, each node's KUBE-* rules in order, in plain words.
+
+    Sends no traffic. Without -t it explains the running lab (or topologies/default.yaml when none is up).
+    """
+    from lab.teach.explain import explain
+    from lab.teach.views import explain_view
+
+    topo = _topology(topology, overrides, name)
+    data = explain(topo, service, node)
+    if json_out:
+        print_json(data)
+        return
+    console.print(explain_view(data, show_rules=not brief), soft_wrap=False)
+
+
+def _topology(path: Path | None, overrides: list[str], name: str | None):
+    from lab import lifecycle
+    from lab.errors import InputError, LabStateError
+
+    if path is not None:
+        return lifecycle.load_topology(path, overrides)
+    if overrides:
+        raise InputError("--set needs -t FILE (a running lab's topology is fixed)")
+    try:
+        return Lab.load(name or default_lab_name()).topology
+    except LabStateError:
+        if name:
+            raise
+    default = Path("topologies/default.yaml")
+    if not default.exists():
+        default = Path(__file__).resolve().parents[3] / "topologies" / "default.yaml"
+    return lifecycle.load_topology(default, [])
+
+
+@command(
+    "diagnose",
+    epilog="Examples:\n\n  lab diagnose node-a1\n\n  lab diagnose node-b1 --json\n\n"
+    "  lab diagnose --local          # this machine's own namespace, e.g. on a real Kubernetes node (read-only)",
+)
+def diagnose_cmd(
+    host: str = typer.Argument(None, help="Lab host to check (see `lab status`), e.g. node-a1."),
+    local: bool = typer.Option(False, "--local", help="Check this machine's current namespace instead (read-only)."),
+    interval: float = typer.Option(1.0, "--interval", help="Seconds between the two samples (0: one sample)."),
+    name: str = NameOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run the node toolbox (conntrack, nstat, ss, iptables-save -c), compare with thresholds, explain findings.
+
+    Each finding names the exact command that shows it. Exit code 0 whatever the verdict; --json has "verdict".
+    """
+    from lab.errors import InputError
+    from lab.teach.diagnose import diagnose, local_host
+    from lab.teach.views import findings_view
+
+    if local == (host is not None):
+        raise InputError("give a lab HOST or --local (not both); e.g. `lab diagnose node-a1`")
+    if not 0 <= interval <= 60:
+        raise InputError(f"--interval {interval:g}: must be between 0 and 60 seconds")
+    if local:
+        target, prefix = local_host(), ""
+    else:
+        lab = Lab.load(name or default_lab_name())
+        target, prefix = lab.host(host), f"lab exec {host} -n {lab.name} -- "
+    with progress(f"lab diagnose {target.name}", quiet=json_out) as step:
+        step("sampling the toolbox twice" if interval > 0 else "sampling the toolbox")
+        report = diagnose(target, interval, prefix, kernel_log=local)
+    if json_out:
+        print_json(report)
+        return
+    console.print(findings_view(report), soft_wrap=False)
