@@ -30,10 +30,14 @@ from pathlib import Path
 
 import pytest
 
+from lab import faults
 from lab.backends.kind import pod_netns_by_ip, setup_node
 from lab.backends.netns import netns_iproute
-from lab.hosts import Host, create_netns, delete_netns
-from tests.conftest import unique_lab_name
+from lab.hosts import Host, create_netns, delete_netns, pids_in_netns
+from lab.lab import Lab
+from lab.models.topology import Topology
+from lab.models.yamlio import load_model
+from tests.conftest import TOPOLOGIES, unique_lab_name
 
 pytestmark = pytest.mark.root
 
@@ -319,3 +323,121 @@ def test_a_pods_namespace_is_found_through_its_node_containers_root(engine):
         assert "inet 100.96.1.2/32" in pod.run(["ip", "-4", "addr", "show", "dev", "lo"]).stdout
     finally:
         docker.docker("rm", "--force", "lab-kindnode")
+
+
+# --- the lab's fault code, unchanged, on a container's namespace ---------------------------------------------
+
+
+@pytest.fixture
+def container_node(engine, lab_peer) -> Iterator[tuple[Lab, Host, Host, PrivateDocker]]:
+    """A 'node-a1' that is a container (as on kind), wired to an ELB-side lab namespace, inside a Lab whose
+    hosts are those handles: the fault engine only ever sees the Host handles."""
+    docker, _ = engine
+    pid = docker.run("lab-faultnode", IMAGE)
+    lab = Lab(
+        name=unique_lab_name("d"), topology=load_model(Topology, TOPOLOGIES / "default.yaml"), backend_name="kind"
+    )
+    lab.state.create_dir()
+    try:
+        wire(lab_peer, pid, "172.20.64.5/16", "172.20.64.16/16")
+        node = Host("node-a1", "node", f"/proc/{pid}/ns/net", az="us-east-1a", ip="172.20.64.16")
+        # kube-proxy's rules make a kind node's namespace track connections; one such rule does here.
+        node.run(["iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])
+        lab.__dict__["hosts"] = {"node-a1": node, "elb-a1": lab_peer}
+        yield lab, node, lab_peer, docker
+    finally:
+        with contextlib.suppress(Exception):
+            faults.revert(lab)
+        docker.docker("rm", "--force", "lab-faultnode", check=False)
+        shutil.rmtree(lab.state.dir, ignore_errors=True)
+
+
+def connect_ms(peer: Host, address: tuple[str, int], tries: int = 5) -> float:
+    times = []
+    for _ in range(tries):
+        sock, seconds = peer.timed_connect(address, timeout=3)
+        sock.close()
+        times.append(seconds * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def ping_ms(docker: PrivateDocker, container: str, address: str) -> float:
+    """Round trip measured by busybox ping inside the container: a tool independent of the lab."""
+    out = docker.docker("exec", container, "ping", "-c", "3", "-W", "3", address).stdout.decode()
+    summary = next(ln for ln in out.splitlines() if "min/avg/max" in ln)
+    return float(summary.split("=")[1].split("/")[1])
+
+
+def test_delay_fault_applies_and_reverts_inside_a_container_namespace(container_node):
+    lab, node, peer, docker = container_node
+    server = listen(node, 30090)
+    try:
+        assert ping_ms(docker, "lab-faultnode", "172.20.64.5") < 50
+        result = faults.apply(lab, "link", target="node-a1", params=["delay=100ms"])
+        fault = result["fault"]
+        assert fault["state"] == "Injected"
+        if fault["engine"] == "nfqueue":  # this kernel has no sch_netem: the userspace path
+            saved = nsenter(node.netns, "iptables-save")
+            assert f"-j LAB-FAULT-{fault['id']}" in saved and "NFQUEUE --queue-num" in saved
+        else:
+            assert "netem" in nsenter(node.netns, "tc", "qdisc", "show", "dev", "eth0")
+        during_ping = ping_ms(docker, "lab-faultnode", "172.20.64.5")
+        during_connect = connect_ms(peer, ("172.20.64.16", 30090))
+        print(f"delay 100ms ({fault['engine']}): ping {during_ping:.1f} ms, connect {during_connect:.1f} ms")
+        assert during_ping >= 90  # 100 ms per round trip, half each way
+        assert during_connect >= 90  # SYN in, SYN-ACK out: one round trip
+
+        faults.revert(lab, [fault["id"]])
+        assert f"LAB-FAULT-{fault['id']}" not in nsenter(node.netns, "iptables-save")
+        assert "1ab:" not in nsenter(node.netns, "tc", "qdisc", "show", "dev", "eth0")
+        assert ping_ms(docker, "lab-faultnode", "172.20.64.5") < 50
+        assert not pids_in_namespace_of_this_machine(node.netns)  # the delay helper is gone
+    finally:
+        server.close()
+
+
+def pids_in_namespace_of_this_machine(netns: str) -> list[int]:
+    """Processes in that network namespace started from this machine (not the container's own)."""
+    mine = os.stat("/proc/self/ns/pid").st_ino
+    out = []
+    for pid in pids_in_netns([netns]).get(netns, []):
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{pid}/ns/pid").st_ino == mine:
+                out.append(pid)
+    return out
+
+
+def test_conntrack_fault_fills_the_containers_table_and_reverts(container_node):
+    lab, node, peer, _docker = container_node
+    server = listen(node, 30090)
+    try:
+        sock, _ = peer.timed_connect(("172.20.64.16", 30090), timeout=3)
+        established = sock  # kept open across the fault: established flows keep working
+        limit = int(nsenter(node.netns, "sysctl", "-n", "net.netfilter.nf_conntrack_max"))
+
+        fault = faults.apply(lab, "conntrack-exhaustion", target="node-a1", params=["free=0"])["fault"]
+        assert fault["state"] == "Injected"
+        assert int(nsenter(node.netns, "conntrack", "-C").strip()) >= limit - 1
+        drops_before = conntrack_drops(node)
+        with pytest.raises(OSError):  # the SYN is dropped: no conntrack entry can be made for it
+            peer.timed_connect(("172.20.64.16", 30090), timeout=2)
+        assert conntrack_drops(node) > drops_before
+
+        faults.revert(lab, [fault["id"]])
+        assert int(nsenter(node.netns, "conntrack", "-C").strip()) < 100
+        again, _ = peer.timed_connect(("172.20.64.16", 30090), timeout=3)
+        again.close()
+        established.close()
+    finally:
+        server.close()
+
+
+def conntrack_drops(host: Host) -> int:
+    """`conntrack -S` in the namespace, summed over CPUs: packets dropped because no entry could be made."""
+    total = 0
+    for line in nsenter(host.netns, "conntrack", "-S").splitlines():
+        for field in line.split():
+            key, _, value = field.partition("=")
+            if key in ("drop", "insert_failed"):
+                total += int(value)
+    return total
