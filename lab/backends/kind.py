@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from lab.backends.base import Progress
 from lab.errors import EnvironmentProblem, InputError, LabError, LabStateError
-from lab.hosts import Host
+from lab.hosts import Host, pids_in_netns
 from lab.render import kind as render
 from lab.render.haproxy import render_haproxy
 from lab.state import LabState, all_labs
@@ -46,6 +47,8 @@ TOOLS = {
 ELB_READY_TIMEOUT = 60.0
 POD_READY_TIMEOUT = 180.0
 KUBE_PROXY_SYNC_TIMEOUT = 15.0
+OVERRIDES_ANNOTATION = "k8s-elb-lab/overrides"
+RESTARTED_ANNOTATION = "k8s-elb-lab/restarted-at"
 
 
 def _tail(text: str) -> str:
@@ -298,9 +301,12 @@ class KindBackend:
             out.update(self._pod_hosts(lab, pids))
         return out
 
-    def _pods(self, lab: Lab) -> list[dict[str, Any]]:
-        args = ("get", "pods", "--all-namespaces", "-l", "app.kubernetes.io/part-of=k8s-elb-lab", "-o", "json")
+    def _get(self, lab: Lab, what: str) -> list[dict[str, Any]]:
+        args = ("get", what, "--all-namespaces", "-l", "app.kubernetes.io/part-of=k8s-elb-lab", "-o", "json")
         return json.loads(run(self._kubectl(lab, *args), timeout=60).stdout)["items"]
+
+    def _pods(self, lab: Lab) -> list[dict[str, Any]]:
+        return self._get(lab, "pods")
 
     def _pod_hosts(self, lab: Lab, node_pids: dict[str, int | None]) -> dict[str, Host]:
         topo = lab.topology
@@ -339,30 +345,8 @@ class KindBackend:
                     "exit_code": None if running else c.get("ExitCode"),
                 }
             )
-        pods = {i["metadata"].get("labels", {}).get(render.POD_LABEL): i for i in self._pods(lab)}
-        for pod in lab.topology.pods:
-            item = pods.get(pod.name)
-            if item is None:
-                procs.append({"name": f"pod/{pod.name}", "pid": None, "state": "stopped", "ready": False,
-                              "restarts": 0, "exit_code": None})  # fmt: skip
-                continue
-            statuses = item.get("status", {}).get("containerStatuses") or [{}]
-            st = statuses[0]
-            running = "running" in st.get("state", {})
-            terminated = st.get("state", {}).get("terminated") or st.get("lastState", {}).get("terminated") or {}
-            procs.append(
-                {
-                    "name": f"pod/{pod.name}",
-                    "pid": None,
-                    "state": "running" if running else "exited",
-                    "ready": bool(st.get("ready")),
-                    "restarts": st.get("restartCount", 0),
-                    "exit_code": None if running else terminated.get("exitCode"),
-                    "kubernetes_pod": item["metadata"]["name"],
-                    "pod_ip": item.get("status", {}).get("podIP"),
-                }
-            )
-        return procs
+        deployments = self._get(lab, "deployments")
+        return procs + pod_views(lab.topology, deployments, self._pods(lab))
 
     def elb_stats_socket(self, lab: Lab, elb: str) -> Path:
         return render.haproxy_paths(lab.state.dir, elb)[1].stats_socket
@@ -375,23 +359,22 @@ class KindBackend:
             raise InputError(f"pod action {action!r}: choose stop, start or restart")
         svc = lab.topology.service(spec.service)
         ns = ("-n", svc.namespace)
-        if overrides is not None:
-            args = render.pod_args(
-                svc.port, int(overrides.get("backlog", svc.backlog)), float(overrides.get("accept_delay", 0.0))
-            )
-            patch = [{"op": "replace", "path": "/spec/template/spec/containers/0/args", "value": args}]
-            run(self._kubectl(lab, *ns, "patch", "deployment", pod, "--type=json", "-p", json.dumps(patch)))
+        patch = pod_patch(svc.port, svc.backlog, action, overrides, time.time())
+        run(self._kubectl(lab, *ns, "patch", "deployment", pod, "--type=strategic", "-p", json.dumps(patch)))
         if action == "stop":
-            run(self._kubectl(lab, *ns, "scale", "deployment", pod, "--replicas=0"))
-            run(self._kubectl(lab, *ns, "wait", "--for=delete", "pod", "-l", f"{render.POD_LABEL}={pod}",
-                              f"--timeout={POD_READY_TIMEOUT:g}s"), timeout=POD_READY_TIMEOUT + 10)  # fmt: skip
-            return
-        if action == "start":
-            run(self._kubectl(lab, *ns, "scale", "deployment", pod, "--replicas=1"))
-        elif overrides is None:  # a patch already rolled the pod
-            run(self._kubectl(lab, *ns, "rollout", "restart", "deployment", pod))
-        run(self._kubectl(lab, *ns, "rollout", "status", "deployment", pod, f"--timeout={POD_READY_TIMEOUT:g}s"),
-            timeout=POD_READY_TIMEOUT + 10)  # fmt: skip
+            selector = f"{render.POD_LABEL}={pod}"
+            wait = run(
+                self._kubectl(
+                    lab, *ns, "wait", "--for=delete", "pod", "-l", selector, f"--timeout={POD_READY_TIMEOUT:g}s"
+                ),
+                timeout=POD_READY_TIMEOUT + 10,
+                check=False,
+            )
+            if wait.returncode != 0 and "no matching resources" not in wait.stderr:
+                raise LabError(f"pod {pod} did not stop: {_tail(wait.stderr)}")
+        else:
+            status = ("rollout", "status", "deployment", pod, f"--timeout={POD_READY_TIMEOUT:g}s")
+            run(self._kubectl(lab, *ns, *status), timeout=POD_READY_TIMEOUT + 10)
         lab.__dict__.pop("hosts", None)  # the pod has a new sandbox: a new namespace and address
 
     def sync_kube_proxy(self, lab: Lab, nodes: list[str], endpoints: dict | None = None, topology: Any = None) -> None:
@@ -439,6 +422,7 @@ class KindBackend:
         if docker_reachable() is None:
             clusters = {e["name"] for e in state.recorded("kind-cluster")}
             clusters |= self._clusters_on_network(names.network)
+            self._stop_lab_processes(state, clusters)
             for cluster in sorted(clusters):
                 if shutil.which("kind"):
                     run(["kind", "delete", "cluster", "--name", cluster], timeout=300)
@@ -467,6 +451,25 @@ class KindBackend:
             shutil.rmtree(state.dir, ignore_errors=True)
         return removed
 
+    def _stop_lab_processes(self, state: LabState, clusters: set[str]) -> None:
+        """Processes this machine started inside the lab's containers' namespaces (fault helpers, tools) would
+        outlive the containers; the containers' own processes have their own pid namespace and go with them."""
+        ids = docker("ps", "-q", "--filter", f"label={render.LABEL_LAB}={state.name}").split()
+        for cluster in clusters:
+            ids += docker("ps", "-q", "--filter", f"label={KIND_CLUSTER_LABEL}={cluster}").split()
+        pids = [c.get("State", {}).get("Pid") for c in self._inspect(ids).values()] if ids else []
+        paths = []
+        for pid in filter(None, pids):
+            paths.append(f"/proc/{pid}/ns/net")
+            with contextlib.suppress(OSError):  # pods' namespaces inside a kind node
+                paths += [str(p) for p in Path(f"/proc/{pid}/root/run/netns").iterdir()]
+        mine = os.stat("/proc/self/ns/pid").st_ino
+        for found in pids_in_netns(paths).values():
+            for pid in found:
+                with contextlib.suppress(OSError):
+                    if os.stat(f"/proc/{pid}/ns/pid").st_ino == mine:
+                        os.kill(pid, signal.SIGKILL)
+
     def _clusters_on_network(self, network: str) -> set[str]:
         """kind clusters with a node on the lab's network: the lab made them (kind nodes carry no lab label)."""
         fmt = '{{.Label "' + KIND_CLUSTER_LABEL + '"}}'
@@ -481,6 +484,68 @@ class KindBackend:
         labs |= set(docker("ps", "-a", "--filter", labelled, "--format", fmt).split())
         with_state = {s.name for s in all_labs()}
         return sorted(lab for lab in labs if lab and lab != "image" and lab not in with_state)
+
+
+def pod_patch(
+    port: int, default_backlog: int, action: str, overrides: dict[str, Any] | None, now: float
+) -> dict[str, Any]:
+    """One strategic-merge patch of a pod's Deployment: replicas, and for (re)starts the server's flags.
+
+    The overrides ride along as an annotation (what `processes` reports back); a restart stamps the pod
+    template so Kubernetes replaces the pod even when nothing else changed.
+    """
+    patch: dict[str, Any] = {"spec": {"replicas": 0 if action == "stop" else 1}}
+    template: dict[str, Any] = {}
+    if overrides is not None:
+        patch["metadata"] = {"annotations": {OVERRIDES_ANNOTATION: json.dumps(overrides, sort_keys=True)}}
+        args = render.pod_args(
+            port, int(overrides.get("backlog", default_backlog)), float(overrides.get("accept_delay", 0.0))
+        )
+        template["spec"] = {"containers": [{"name": "thrift", "args": args}]}
+    if action == "restart":
+        template["metadata"] = {"annotations": {RESTARTED_ANNOTATION: f"{now:.3f}"}}
+    if template:
+        patch["spec"]["template"] = template
+    return patch
+
+
+def pod_views(topo: Any, deployments: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each topology pod as the supervisor reports a process (state, ready, restarts, wanted, overrides)."""
+    by_deployment = {d["metadata"]["name"]: d for d in deployments}
+    current: dict[str, dict[str, Any]] = {}
+    for item in pods:  # during a restart the old pod may still be terminating: the live one wins
+        name = item["metadata"].get("labels", {}).get(render.POD_LABEL)
+        if name and (name not in current or current[name]["metadata"].get("deletionTimestamp")):
+            current[name] = item
+    views = []
+    for pod in topo.pods:
+        dep = by_deployment.get(pod.name, {})
+        annotations = dep.get("metadata", {}).get("annotations") or {}
+        view: dict[str, Any] = {
+            "name": f"pod/{pod.name}",
+            "pid": None,
+            "state": "stopped",
+            "ready": False,
+            "restarts": 0,
+            "exit_code": None,
+            "wanted": bool(dep.get("spec", {}).get("replicas", 1)),
+            "overrides": json.loads(annotations.get(OVERRIDES_ANNOTATION, "{}")),
+        }
+        item = current.get(pod.name)
+        if item is not None and not item["metadata"].get("deletionTimestamp"):
+            st = (item.get("status", {}).get("containerStatuses") or [{}])[0]
+            running = "running" in st.get("state", {})
+            ended = st.get("state", {}).get("terminated") or st.get("lastState", {}).get("terminated") or {}
+            view.update(
+                state="running" if running else "exited",
+                ready=bool(st.get("ready")),
+                restarts=st.get("restartCount", 0),
+                exit_code=None if running else ended.get("exitCode"),
+                kubernetes_pod=item["metadata"]["name"],
+                pod_ip=item.get("status", {}).get("podIP"),
+            )
+        views.append(view)
+    return views
 
 
 def setup_node(host: Host, sysctls: dict[str, str]) -> None:
