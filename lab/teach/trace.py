@@ -165,6 +165,7 @@ def trace(
     log_offset = elblog.log_size(elb_log) if elb_log else 0
 
     with capture_many(hosts.values(), [svc.node_port, svc.port]) as captures:
+        before = _counters(hosts)
         sock, attempt = _open(tgt.source, (tgt.ip, tgt.port), timeout)
         entry: tuple[str, Flow] | None = None
         transit: tuple[str, Flow | None] | None = None
@@ -184,8 +185,27 @@ def trace(
                 elb_log, log_offset, attempt.local[0], attempt.local[1], f"listener-{tgt.port}"
             )
         packets = {name: cap.packets() for name, cap in captures.items()}
+        after = _counters(hosts)
+    deltas = {
+        name: {key: n - before.get(name, {}).get(key, 0) for key, n in counts.items()} for name, counts in after.items()
+    }
+    return _assemble(lab, svc.name, via, tgt, attempt, log_line, entry, transit, packets, hosts, deltas)
 
-    return _assemble(lab, svc.name, via, tgt, attempt, log_line, entry, transit, packets, hosts)
+
+Counters = dict[str, dict[tuple[str, str, str], int]]  # node -> (table, chain, rule) -> packets
+
+
+def _counters(hosts: dict[str, Host]) -> Counters:
+    """Per-rule packet counters of the KUBE-* chains (iptables-save -c) on every node, read in parallel."""
+    names = list(hosts)
+
+    def read(name: str) -> dict[tuple[str, str, str], int]:
+        try:
+            return {(r.table, r.chain, r.rule): r.packets for r in toolbox.iptables_counters(hosts[name])}
+        except (LabError, ValueError):
+            return {}
+
+    return dict(zip(names, _parallel(read, names), strict=True))
 
 
 def _entry_flow(
@@ -257,13 +277,16 @@ def _select(packets: list[TracedPacket], t: Tuple, want) -> list[TracedPacket]:
     return [p for p in packets if want(p) and p.is_flow(t.src, t.sport, t.dst, t.dport)]
 
 
-def _rules(packet: TracedPacket) -> list[dict[str, str]]:
+def _rules(packet: TracedPacket, deltas: dict[tuple[str, str, str], int] | None = None) -> list[dict[str, Any]]:
+    """The rules the packet matched, in order, in plain words, with each KUBE-* rule's counter delta over the trace."""
     out = []
     for step in packet.rules():
         if step.kind == "rule":
             meaning = describe_rule(step.rule) if step.rule else ""
         else:
             meaning = f"end of {step.chain}: {step.verdict.lower()} (no rule decided)"
+        prefix = f"-A {step.chain} "
+        key = (step.table, step.chain, step.rule[len(prefix) :] if step.rule.startswith(prefix) else step.rule)
         out.append(
             {
                 "table": step.table,
@@ -271,6 +294,7 @@ def _rules(packet: TracedPacket) -> list[dict[str, str]]:
                 "rule": step.rule,
                 "verdict": step.verdict + (f" {step.target}" if step.target else ""),
                 "meaning": meaning,
+                "counter_delta": (deltas or {}).get(key),
             }
         )
     return out
@@ -333,6 +357,7 @@ def _assemble(
     transit: tuple[str, Flow | None] | None,
     packets: dict[str, list[TracedPacket]],
     hosts_by_name: dict[str, Host],
+    deltas: Counters,
 ) -> TraceResult:
     topo, plan = lab.topology, lab.plan
     svc = topo.service(service)
@@ -451,7 +476,7 @@ def _assemble(
                     f"The SYN arrived {len(syns)} times: the client retransmitted it (no answer in time; TCP "
                     "retries after about 1 s, 3 s, 7 s ...)."
                 )
-            hop.rules = _rules(syn)
+            hop.rules = _rules(syn, deltas.get(instance))
             chains = _chains(syn)
             summary["chains"] = chains
             if chains:
@@ -519,7 +544,7 @@ def _assemble(
         syns = _select(packets.get(name, []), sent, _is_syn)
         ours.update(id(p) for p in syns)
         if syns:
-            hop.rules = _rules(syns[0])
+            hop.rules = _rules(syns[0], deltas.get(name))
             hop.evidence["syn"] = syns[0].to_json()
             stopped = _where_it_stopped(syns[0], hosts_by_name.get(name))
             if stopped:
@@ -595,7 +620,7 @@ def _assemble(
         )
         if answers:
             ans = answers[0]
-            hop.rules = _rules(ans)
+            hop.rules = _rules(ans, deltas.get(name))
             accept = [r for r in hop.rules if r["verdict"] == "ACCEPT"]
             hop.says.append(
                 f"The {ans.first.tcp_flags} skips the nat table (only a connection's first packet is NATed by rules)"

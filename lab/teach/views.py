@@ -24,9 +24,14 @@ def trace_tree(result: TraceResult, show_rules: bool = True) -> RenderableType:
         for line in hop.says:
             branch.add(Text(line))
         if hop.rules and show_rules:
-            rules = branch.add("[dim]rules matched, in order (table chain: rule -> what it does)[/]")
+            rules = branch.add(
+                "[dim]rules matched, in order (table chain: rule -> what it does; counter: its packets during the "
+                "trace, other connections included)[/]"
+            )
             for r in hop.rules:
                 head = f"{r['table']} {r['chain']}: {r['rule'] or r['verdict']}"
+                if r.get("counter_delta") is not None:
+                    head += f"  [counter +{r['counter_delta']}]"
                 leaf = rules.add(Text(head, style="red" if r["verdict"] == "DROP" else ""))
                 if r["meaning"]:
                     leaf.add(Text(r["meaning"], style="italic"))
