@@ -457,7 +457,7 @@ def plan_misroute(lab: Lab, fid: int, target: str, p: MisrouteParams) -> Plan:
         notes.append(f"nodes without local endpoints: {', '.join(empty)}")
         return Plan(steps, notes=notes)
     if p.variant == "wrong-port":
-        for node in nodes:
+        for node in _nodes(lab):  # every node answers on the check's port, broken or not
             argv = ["@python", "-m", "lab.faults.responder", "--port", str(p.port), "--fault", str(fid)]
             steps.append(Step("helper", node, {"argv": argv, "marker": ["lab.faults.responder", "--fault", str(fid)],
                               "log": f"fault-{fid}-{node}.log"}))  # fmt: skip

@@ -318,20 +318,19 @@ def netem_available(host: Host) -> bool:
 # --- conntrack filler entries ------------------------------------------------------------------------------------
 
 
-def filler_lines(fault_id: int, count: int) -> str:
-    """conntrack -R input inserting `count` ASSURED, ESTABLISHED entries unique to this fault (its mark)."""
+def filler_lines(fault_id: int, count: int, start: int = 0) -> str:
+    """conntrack -R input inserting `count` ASSURED, ESTABLISHED entries unique to this fault (its mark).
+
+    Entry i: 198.18.<i/256 % 256>.<i % 256>:<1024 + i/65536> -> 198.19.<fault>:9 (RFC 2544 space, never routed).
+    """
     mark = CT_MARK_BASE + fault_id
     dst = f"198.19.{(fault_id >> 8) & 255}.{fault_id & 255}"
-    base = int(CT_FILL_SRC)
-    lines = []
-    for i in range(count):
-        src = IPv4Address(base + (i & 0xFFFF))
-        sport = 1024 + (i >> 16)
-        lines.append(
-            f"-I -s {src} -d {dst} -p tcp --sport {sport} --dport 9 --state ESTABLISHED -u ASSURED "
-            f"-t {CT_FILL_TIMEOUT} --mark {mark}"
-        )
-    return "\n".join(lines) + ("\n" if lines else "")
+    prefix = ".".join(str(CT_FILL_SRC).split(".")[:2])
+    tail = f" -d {dst} -p tcp --dport 9 --state ESTABLISHED -u ASSURED -t {CT_FILL_TIMEOUT} --mark {mark}\n"
+    return "".join(
+        f"-I -s {prefix}.{(i >> 8) & 255}.{i & 255} --sport {1024 + (i >> 16)}{tail}"
+        for i in range(start, start + count)
+    )
 
 
 def ct_count(host: Host) -> tuple[int, int]:
@@ -368,15 +367,25 @@ class ConntrackFill(Op):
             want = limit - step.args["ceiling"]
         else:
             want = limit - count - step.args["free"]
-        want = max(0, want)
         path = lab.state.path("run", f"fault-{fid}-{step.host}.conntrack")
-        path.write_text(filler_lines(fid, want))
-        try:
-            host.run(["conntrack", "-R", str(path)], check=False, timeout=120)
-        finally:
-            path.unlink(missing_ok=True)
+        inserted = 0
+        # Live traffic comes and goes while we insert: top up until the table is where it should be.
+        for _ in range(3):
+            want = max(0, want)
+            if not want:
+                break
+            path.write_text(filler_lines(fid, want, start=inserted))
+            try:
+                host.run(["conntrack", "-R", str(path)], check=False, timeout=120)
+            finally:
+                path.unlink(missing_ok=True)
+            inserted += want
+            now, _ = ct_count(host)
+            want = (
+                (limit - step.args["ceiling"] - inserted) if "ceiling" in step.args else limit - now - step.args["free"]
+            )
         after, _ = ct_count(host)
-        return {"inserted": want, "count_before": count, "count_after": after, "max": limit}
+        return {"inserted": inserted, "count_before": count, "count_after": after, "max": limit}
 
     def revert(self, lab: Lab, step: Step) -> None:
         ct_flush_mark(lab.host(step.host), CT_MARK_BASE + step.args["fault"])
