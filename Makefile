@@ -6,7 +6,7 @@ LAB := $(VENV)/bin/lab
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup demo test test-unit test-integration lint bench clean distclean
+.PHONY: setup demo test test-unit test-integration test-kind lint bench clean distclean
 
 setup: $(STAMP) $(VENV)/bin/lab-nfqdelay
 	@./scripts/install-system-deps.sh
@@ -32,6 +32,10 @@ test-unit: setup
 
 test-integration: setup
 	@$(SUDO) $(VENV)/bin/pytest -q -m root
+
+# The kind tier alone (needs docker, kind, kubectl and an engine that can pull; see docs/kind.md).
+test-kind: setup
+	@$(SUDO) $(VENV)/bin/pytest -q -rs tests/integration/test_kind.py
 
 lint: setup
 	@$(VENV)/bin/ruff check lab services tests benchmarks
