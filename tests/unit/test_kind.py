@@ -331,3 +331,18 @@ def test_service_image_tag_is_a_digest_of_the_services_directory():
     tag = backend.service_image()
     assert tag.startswith(kind.SERVICE_IMAGE_REPO + ":") and len(tag.rsplit(":", 1)[1]) == 12
     assert tag == backend.service_image()
+
+
+def test_the_service_image_pins_the_thrift_stack_the_lab_runs():
+    """services/Dockerfile installs exact versions; they must be the ones the lab itself is tested with."""
+    from importlib.metadata import version
+
+    dockerfile = (Path(backend.SERVICES_DIR) / "Dockerfile").read_text()
+    install = next(ln for ln in dockerfile.splitlines() if ln.startswith("RUN pip install"))
+    pins = dict(word.split("==") for word in install.split() if "==" in word)
+    assert pins, install
+    for package, pinned in pins.items():
+        assert version(package) == pinned, f"{package}: image {pinned}, lab {version(package)}"
+    assert "COPY labservices/ /app/labservices/" in dockerfile
+    assert (Path(backend.SERVICES_DIR) / "labservices" / "server.py").exists()
+    assert '"labservices.server"' in dockerfile
