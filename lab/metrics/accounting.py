@@ -1,0 +1,177 @@
+"""Backend connection accounting in an ELB node's own kernel: every connect attempt to an instance, and its fate.
+
+CloudWatch's BackendConnectionErrors counts every connection the ELB failed to establish with an
+instance, health checks and retries included. HAProxy's counters cannot give that (`chkfail` stops once
+a server is DOWN, so an instance that is down for good would show no error floor), so the ELB node's
+kernel counts instead, with iptables rules in the ELB namespace (works on any Host handle):
+
+- attempt:     the first SYN of each new connection to the instance (`! --ctstatus CONFIRMED`: SYN
+               retransmits of the same attempt are not new attempts);
+- established: the first SYN-ACK back (connbytes 1:1 in the reply direction);
+- refused:     a RST as the first answer (port closed, or a REJECT on the way).
+
+failed = attempts - established - still connecting (sockets in SYN-SENT, read with `ss`), so a dropped
+SYN counts once, whether HAProxy gives up after its timeout or the kernel after its retries.
+
+Only backend flows are tracked: client flows into the ELB are NOTRACK'd, and closed flows leave the
+ELB's conntrack table after 10 s, so the instrument never fills the ELB node's table under load.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lab.hosts import Host
+from lab.toolbox import parse_iptables_counters
+
+CHAIN_OUT = "LAB-ELB-ATTEMPTS"
+CHAIN_IN = "LAB-ELB-ANSWERS"
+CHAIN_NOTRACK = "LAB-ELB-NOTRACK"
+COMMENT = "lab-elb"
+# The instrument's own conntrack entries need not outlive their connections for long (not modelled state).
+ELB_CONNTRACK_SYSCTLS = {
+    "net.netfilter.nf_conntrack_tcp_timeout_time_wait": "10",
+    "net.netfilter.nf_conntrack_tcp_timeout_close": "10",
+    "net.netfilter.nf_conntrack_tcp_timeout_fin_wait": "10",
+    "net.netfilter.nf_conntrack_tcp_timeout_close_wait": "10",
+    "net.netfilter.nf_conntrack_tcp_timeout_last_ack": "10",
+}
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    ip: str
+
+
+def render_rules(instances: Iterable[Instance]) -> str:
+    """iptables-restore --noflush input creating the accounting chains (counters start at zero). Pure."""
+    insts = list(instances)
+    out = ["*raw", f":{CHAIN_NOTRACK} - [0:0]"]
+    out.append(f"-A PREROUTING -j {CHAIN_NOTRACK}")
+    out.append(f"-A OUTPUT -j {CHAIN_NOTRACK}")
+    for i in insts:
+        out.append(f"-A {CHAIN_NOTRACK} -s {i.ip}/32 -j RETURN")
+        out.append(f"-A {CHAIN_NOTRACK} -d {i.ip}/32 -j RETURN")
+    out.append(f'-A {CHAIN_NOTRACK} -m comment --comment "{COMMENT} client side: not tracked" -j CT --notrack')
+    out += ["COMMIT", "*filter", f":{CHAIN_OUT} - [0:0]", f":{CHAIN_IN} - [0:0]"]
+    out.append(f"-A OUTPUT -p tcp -j {CHAIN_OUT}")
+    out.append(f"-A INPUT -p tcp -j {CHAIN_IN}")
+    for i in insts:
+        out.append(
+            f"-A {CHAIN_OUT} -d {i.ip}/32 -p tcp --syn -m conntrack ! --ctstatus CONFIRMED "
+            f'-m comment --comment "{COMMENT} attempt {i.name}"'
+        )
+        out.append(
+            f"-A {CHAIN_IN} -s {i.ip}/32 -p tcp --tcp-flags SYN,ACK SYN,ACK "
+            f"-m connbytes --connbytes 1:1 --connbytes-dir reply --connbytes-mode packets "
+            f'-m comment --comment "{COMMENT} established {i.name}"'
+        )
+        out.append(
+            f"-A {CHAIN_IN} -s {i.ip}/32 -p tcp --tcp-flags RST RST "
+            f"-m connbytes --connbytes 1:1 --connbytes-dir reply --connbytes-mode packets "
+            f'-m comment --comment "{COMMENT} refused {i.name}"'
+        )
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def installed(host: Host) -> bool:
+    text = host.run(["iptables-save", "-t", "filter"], timeout=20).stdout
+    return f"-j {CHAIN_OUT}" in text
+
+
+def install(host: Host, instances: Iterable[Instance]) -> bool:
+    """Install the accounting rules in an ELB node once (idempotent: never resets counters). True if installed now."""
+    if installed(host):
+        return False
+    host.run(["iptables-restore", "--noflush"], input=render_rules(instances), timeout=20)
+    host.set_sysctls(ELB_CONNTRACK_SYSCTLS)
+    return True
+
+
+@dataclass
+class BackendCounts:
+    """Cumulative counts for one instance as seen from one ELB node, plus attempts in flight right now."""
+
+    attempts: int = 0
+    established: int = 0
+    refused: int = 0
+    connecting: int = 0
+
+    @property
+    def failed(self) -> int:
+        return max(0, self.attempts - self.established - self.connecting)
+
+
+_COMMENT = re.compile(rf'--comment "?{COMMENT} (attempt|established|refused) (\S+?)"?(\s|$)')
+SEPARATOR = "=== lab-elb ==="
+
+
+def _connecting(syn_sent_text: str) -> set[tuple[str, str]]:
+    """(local, peer) of sockets in SYN-SENT, from `ss -Htn state syn-sent` (no state column with -H and a filter)."""
+    out = set()
+    for line in syn_sent_text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4:
+            out.add((parts[2], parts[3]))
+    return out
+
+
+def parse_counts(iptables_text: str, syn_sent: list[str], ips: dict[str, str]) -> dict[str, BackendCounts]:
+    """Counts per instance from `iptables-save -c -t filter` and `ss` listings of SYN-SENT sockets. Pure.
+
+    Pass the SYN-SENT listings taken just before and just after the counters: an attempt connecting at
+    either moment is treated as still connecting, so the estimate of failures can lag by an attempt
+    for one sample but never runs ahead (no false error is ever reported for a healthy instance).
+    """
+    out = {name: BackendCounts() for name in ips}
+    for rule in parse_iptables_counters(iptables_text, prefix="LAB-ELB-"):
+        m = _COMMENT.search(rule.rule)
+        if not m or m.group(2) not in out:
+            continue
+        field = {"attempt": "attempts"}.get(m.group(1), m.group(1))
+        setattr(out[m.group(2)], field, getattr(out[m.group(2)], field) + rule.packets)
+    by_ip = {ip: name for name, ip in ips.items()}
+    sockets: set[tuple[str, str]] = set()
+    for listing in syn_sent:
+        sockets |= _connecting(listing)
+    for _, peer in sockets:
+        ip = peer.rpartition(":")[0].strip("[]")
+        if ip in by_ip:
+            out[by_ip[ip]].connecting += 1
+    return out
+
+
+def read_counts(host: Host, ips: dict[str, str]) -> dict[str, BackendCounts]:
+    """Counters and the attempts in flight around them, read by one process inside the ELB node."""
+    ss = "ss -Htn state syn-sent"
+    script = f"{ss} && echo '{SEPARATOR}' && iptables-save -c -t filter && echo '{SEPARATOR}' && {ss}"
+    text = host.run(["sh", "-c", script], timeout=20).stdout
+    before, ipt, after = (text.split(SEPARATOR + "\n") + ["", ""])[:3]
+    return parse_counts(ipt, [before, after], ips)
+
+
+class ErrorSeries:
+    """Per-interval failures from the cumulative estimate: never negative, and the sum stays exact.
+
+    A failure estimate that dips (an attempt that was in flight at one sample) is carried as a deficit
+    and taken off the next increase instead of showing as a negative count.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str], int] = {}
+        self.deficit: dict[tuple[str, str], int] = {}
+
+    def step(self, key: tuple[str, str], cumulative: int) -> int:
+        delta = cumulative - self.last.get(key, 0)
+        self.last[key] = cumulative
+        owed = self.deficit.get(key, 0)
+        if delta < 0:
+            self.deficit[key] = owed - delta
+            return 0
+        paid = min(owed, delta)
+        self.deficit[key] = owed - paid
+        return delta - paid
