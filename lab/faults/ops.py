@@ -326,9 +326,9 @@ def filler_lines(fault_id: int, count: int, start: int = 0) -> str:
     mark = CT_MARK_BASE + fault_id
     dst = f"198.19.{(fault_id >> 8) & 255}.{fault_id & 255}"
     prefix = ".".join(str(CT_FILL_SRC).split(".")[:2])
-    tail = f" -d {dst} -p tcp --dport 9 --state ESTABLISHED -u ASSURED -t {CT_FILL_TIMEOUT} --mark {mark}\n"
+    tail = f" --dport 9 --state ESTABLISHED -u ASSURED -t {CT_FILL_TIMEOUT} --mark {mark}\n"
     return "".join(
-        f"-I -s {prefix}.{(i >> 8) & 255}.{i & 255} --sport {1024 + (i >> 16)}{tail}"
+        f"-I -s {prefix}.{(i >> 8) & 255}.{i & 255} -d {dst} -p tcp --sport {1024 + (i >> 16)}{tail}"
         for i in range(start, start + count)
     )
 
@@ -376,11 +376,14 @@ class ConntrackFill(Op):
                 break
             path.write_text(filler_lines(fid, want, start=inserted))
             try:
-                host.run(["conntrack", "-R", str(path)], check=False, timeout=120)
+                proc = host.run(["conntrack", "-R", str(path)], check=False, timeout=120)
             finally:
                 path.unlink(missing_ok=True)
             inserted += want
             now, _ = ct_count(host)
+            if now < count + inserted // 2:  # most inserts failed: not just the table filling up under us
+                err = (proc.stderr or "").strip().splitlines()
+                raise LabError(f"{step.host}: conntrack -R inserted too few entries: {err[-1] if err else 'no error'}")
             want = (
                 (limit - step.args["ceiling"] - inserted) if "ceiling" in step.args else limit - now - step.args["free"]
             )

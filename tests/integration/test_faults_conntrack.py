@@ -1,0 +1,163 @@
+"""conntrack-exhaustion and conntrack-invalid: table-full drops and out-of-window resets, seen with conntrack -S,
+iptables-save -c, tcpdump and the Thrift connections of the test."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+from labservices.client import client_on_socket, echo_payload
+
+from lab import faults
+from tests.conftest import in_host, ns
+from tests.integration.test_faults import (
+    assert_same,
+    connect_times,
+    ct_stat,
+    filler_entries,
+    rule_packets,
+    snapshot,
+)
+
+pytestmark = pytest.mark.root
+
+
+def test_fill_drops_new_connections_through_that_node_only(make_lab):
+    lab = make_lab()
+    before = snapshot(lab)
+    port = lab.topology.service("accounts").node_port
+    full, fine = "node-c1", "node-a1"
+    drops = ct_stat(lab, full, "drop")
+    result = faults.apply(lab, "conntrack-exhaustion", full, ["mode=fill", "free=0"])
+    fid = result["fault"]["id"]
+    assert filler_entries(lab, full, fid) > 100_000  # real ASSURED entries in that node's own table
+    through_full = connect_times(lab, "apollo-1", (str(lab.plan.ip(full)), port), 3, timeout=2.5)
+    # A dropped SYN is retransmitted after 1 s: the connect takes >= 1 s, or times out.
+    assert all(t is None or t >= 1.0 for t in through_full), through_full
+    assert ct_stat(lab, full, "drop") > drops
+    through_fine = connect_times(lab, "apollo-1", (str(lab.plan.ip(fine)), port), 5, timeout=2.5)
+    assert all(t is not None and t < 1.0 for t in through_fine), through_fine
+
+    faults.revert(lab)
+    assert filler_entries(lab, full, fid) == 0
+    assert all(t is not None and t < 1.0 for t in connect_times(lab, "apollo-1", (str(lab.plan.ip(full)), port), 3))
+    assert_same(before, snapshot(lab))
+
+
+def test_ceiling_counts_every_entry_including_time_wait(make_lab):
+    lab = make_lab()
+    node = "node-c1"
+    port = lab.topology.service("accounts").node_port
+    count = int(in_host(lab.name, node, "cat", "/proc/sys/net/netfilter/nf_conntrack_count"))
+    room = 20
+    faults.apply(lab, "conntrack-exhaustion", node, ["mode=ceiling", f"max={count + room}"])
+    # Short connections each leave a TIME_WAIT entry (120 s): the emulated table fills the natural way.
+    made = 0
+    for _ in range(room + 20):
+        t = connect_times(lab, "apollo-1", (str(lab.plan.ip(node)), port), 1, timeout=1.5)[0]
+        if t is None or t >= 1.0:
+            break
+        made += 1
+    assert room // 2 <= made <= room + 5, made
+    assert ct_stat(lab, node, "drop") > 0
+    in_tw = in_host(lab.name, node, "conntrack", "-L", "-p", "tcp", "--state", "TIME_WAIT", check=False)
+    assert in_tw.count("TIME_WAIT") >= room // 2
+    faults.revert(lab)
+    assert connect_times(lab, "apollo-1", (str(lab.plan.ip(node)), port), 1, timeout=2.5)[0] < 1.0
+
+
+def _echo_load(lab, address: tuple[str, int], calls: int, size: int = 262144) -> dict[str, int]:
+    """Long-lived Thrift connections with large payloads; reconnect after an error. Outcomes counted."""
+    payload = echo_payload(str(size))
+    counts = {"ok": 0, "reset": 0, "other": 0}
+    sock = None
+    for _ in range(calls):
+        if sock is None:
+            sock = lab.host("apollo-1").connect(address)
+            client = client_on_socket(sock, 3.0)
+        try:
+            assert client.echo(payload) == payload
+            counts["ok"] += 1
+        except ConnectionResetError:
+            counts["reset"] += 1
+        except Exception:  # closed by the peer after a reset, timeouts
+            counts["other"] += 1
+        else:
+            continue
+        sock.close()
+        sock = None
+    if sock is not None:
+        sock.close()
+    return counts
+
+
+class Rsts:
+    """tcpdump inside the pods, counting RST segments (started before the load, stopped after)."""
+
+    def __init__(self, lab, pods: list[str]):
+        self.procs = []
+        for pod in pods:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns(lab.name, pod), "tcpdump", "-i", "eth0", "-nn", "-l", "-q",
+                 "tcp[tcpflags] & tcp-rst != 0"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            while "listening on" not in proc.stderr.readline():
+                pass
+            self.procs.append(proc)
+
+    def stop(self) -> int:
+        lines = 0
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=10)
+            lines += len([ln for ln in out.splitlines() if " > " in ln])
+        return lines
+
+
+def _invalid_run(lab) -> tuple[dict[str, int], int]:
+    # node-c1 runs no accounts pod: its connections always take a second hop to the pod's node.
+    address = (str(lab.plan.ip("node-c1")), lab.topology.service("accounts").node_port)
+    pods = [p.name for p in lab.topology.pods_of("accounts")]
+    faults.apply(lab, "conntrack-invalid", "accounts", ["rate=2%"])
+    rsts = Rsts(lab, pods)
+    try:
+        counts = _echo_load(lab, address, 25)
+    finally:
+        seen = rsts.stop()
+    faults.revert(lab)
+    return counts, seen
+
+
+def test_invalid_segments_reset_connections_with_legacy_kube_proxy(make_lab):
+    lab = make_lab(overrides=["kube_proxy.flavour=legacy"])
+    before = snapshot(lab)
+    invalid = ct_stat(lab, "node-c1", "invalid")
+    counts, rsts = _invalid_run(lab)
+    assert counts["reset"] > 0, counts  # "Connection reset by peer" on the client's long-lived connection
+    assert rsts > 0, "tcpdump in the pods saw no RST"
+    assert ct_stat(lab, "node-c1", "invalid") > invalid  # conntrack marked them INVALID (not un-NATed)
+    assert _echo_load(lab, (str(lab.plan.ip("node-c1")), 30090), 5)["ok"] == 5
+    assert_same(before, snapshot(lab))
+
+
+def test_modern_kube_proxy_drops_the_invalid_segments_instead(make_lab):
+    lab = make_lab()  # modern: KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+    pod_nodes = {p.node for p in lab.topology.pods_of("accounts")}
+    counts, rsts = _invalid_run(lab)
+    assert counts["reset"] == 0 and counts["other"] == 0, counts
+    assert rsts == 0
+    dropped = sum(
+        rule_packets(lab, n, "filter", r"-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP") for n in pod_nodes
+    )
+    assert dropped > 0
+
+
+def test_be_liberal_keeps_out_of_window_segments_valid(make_lab):
+    lab = make_lab(overrides=["kube_proxy.conntrack.tcp_be_liberal=true"])
+    invalid = ct_stat(lab, "node-c1", "invalid")
+    counts, rsts = _invalid_run(lab)
+    assert counts["reset"] == 0 and counts["other"] == 0, counts
+    assert rsts == 0
+    assert ct_stat(lab, "node-c1", "invalid") == invalid
