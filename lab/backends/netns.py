@@ -27,6 +27,7 @@ from pyroute2 import IPRoute
 from lab.backends.base import Progress
 from lab.errors import EnvironmentProblem, InputError, LabError, LabStateError
 from lab.hosts import Host, NetnsThread, create_netns, delete_netns, pids_in_netns
+from lab.metrics.elb import ensure_accounting as install_elb_accounting
 from lab.models.topology import all_cidrs
 from lab.render.haproxy import HaproxyPaths, render_haproxy
 from lab.render.kubeproxy import render_node, stale_chains
@@ -123,6 +124,7 @@ class NetnsBackend:
 
         progress(f"applying kube-proxy ({topo.kube_proxy.flavour}) rules on {len(topo.k8s_nodes)} nodes")
         apply_kube_proxy(lab, [n.name for n in topo.k8s_nodes], first=True)
+        install_elb_accounting(lab)  # BackendConnectionErrors are counted by each ELB node's kernel (lab.metrics)
 
         progress(f"starting {len(topo.elb_nodes)} ELB nodes (HAProxy) and {len(topo.pods)} pods")
         for elb in topo.elb_nodes:

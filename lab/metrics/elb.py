@@ -18,6 +18,7 @@ Each metric comes as CloudWatch gives it: `all` (the whole ELB: Sum for counts, 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +101,19 @@ class ElbSampler:
         self.targets = {e.name: {n.name: str(plan.ip(n.name)) for n in topo.elb_targets(e)} for e in topo.elb_nodes}
 
     def ensure_accounting(self) -> None:
-        for name, ips in self.targets.items():
-            install(self.lab.host(name), [Instance(n, ip) for n, ip in ips.items()])
+        """Install the kernel accounting in every ELB node that lacks it (in parallel; counters never reset)."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            jobs = [
+                pool.submit(install, self.lab.host(name), [Instance(n, ip) for n, ip in ips.items()])
+                for name, ips in self.targets.items()
+            ]
+            for job in jobs:
+                job.result()
+
+
+def ensure_accounting(lab) -> None:
+    """Backends call this while building a lab, before the ELB nodes start, so counting starts at zero."""
+    ElbSampler(lab).ensure_accounting()
 
     def sample(self, name: str, t: float) -> ElbNodeSample:
         host: Host = self.lab.host(name)

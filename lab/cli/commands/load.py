@@ -1,0 +1,208 @@
+"""`lab load`: open-loop Thrift load through the lab, with live progress and a JSON result."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from lab.cli.app import command, console, err_console, print_json
+from lab.errors import InputError
+from lab.lab import Lab, default_lab_name
+from lab.load import OUTCOMES, ClientSlice, LoadResult, LoadRun, LoadSpec
+from lab.models.common import parse_duration
+
+EXAMPLES = (
+    "Examples:\n\n  lab load accounts --rate 500 --duration 30s\n\n"
+    "  lab load accounts --rate 200 --duration 60 --connections per-request --json result.json\n\n"
+    "  lab load catalog --rate 100 --rate-end 2000 --duration 2m --record run.jsonl --interval 5\n\n"
+    "  lab load accounts --rate 1000 --duration 10 --via pod --target accounts-0"
+)
+
+
+def _seconds(text: str, what: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
+
+
+def live_file(lab: Lab) -> Path:
+    """Where a running `lab load` publishes its per-second slices for `lab top` (one file per process)."""
+    return lab.state.path("run", f"load-{os.getpid()}.jsonl")
+
+
+def _slice_line(s: ClientSlice) -> str:
+    d = s.to_dict()
+    bad = {k: v for k, v in d["outcomes"].items() if k != "ok" and v}
+    lat = d["latency"]
+    p50 = f"{lat['p50_ms']:.2f}" if lat.get("count") else "-"
+    p99 = f"{lat['p99_ms']:.2f}" if lat.get("count") else "-"
+    return f"{d['requests']:>6} req/s  ok {d['outcomes']['ok']:>6}  p50 {p50} ms  p99 {p99} ms" + (
+        f"  errors {json.dumps(bad)}" if bad else ""
+    )
+
+
+def result_table(d: dict[str, Any]) -> Table:
+    spec = d["spec"]
+    table = Table(
+        title=f"lab load {spec['service']} via {spec['via']} ({spec['connections']}): {d['requests']} requests in "
+        f"{d['seconds']:.1f}s = {d['achieved_rate']:.0f}/s, ok {d['ok_ratio'] * 100:.3f}%"
+        + (" [interrupted: partial result]" if d["interrupted"] else ""),
+        title_justify="left",
+    )
+    table.add_column("ms")
+    for col in ("count", "p50", "p90", "p99", "p99.9", "max"):
+        table.add_column(col, justify="right")
+    for name, h in d["histograms_ms"].items():
+        if not h.get("count"):
+            table.add_row(name, "0", "-", "-", "-", "-", "-")
+            continue
+        table.add_row(
+            name,
+            str(h["count"]),
+            *(f"{h[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms")),
+        )
+    return table
+
+
+def print_result(d: dict[str, Any]) -> None:
+    console.print(result_table(d))
+    outcomes = "  ".join(f"{k} {d['outcomes'][k]}" for k in OUTCOMES)
+    console.print(f"outcomes: {outcomes}")
+    if d["details"]:
+        console.print("details: " + ", ".join(f"{k} {v}" for k, v in sorted(d["details"].items())))
+    extra = []
+    if d["unfinished"]:
+        extra.append(f"{d['unfinished']} in flight when stopped")
+    if d["not_sent"]:
+        extra.append(f"{d['not_sent']} scheduled but not sent")
+    if extra:
+        console.print("; ".join(extra))
+    for e in d["errors"]:
+        console.print(f"[red]{e}[/]")
+
+
+@command("load", epilog=EXAMPLES)
+def load_cmd(
+    service: str = typer.Argument(..., help="Service to call, e.g. accounts."),
+    rate: float = typer.Option(..., "--rate", "-r", help="Requests per second (open loop)."),
+    duration: str = typer.Option(..., "--duration", "-d", help="How long: 30, 30s, 2m."),
+    rate_end: float = typer.Option(None, "--rate-end", help="Ramp linearly from --rate to this rate."),
+    connections: str = typer.Option("pooled", "--connections", "-c", help="pooled (reused) or per-request."),
+    pool: int = typer.Option(16, "--pool", help="Pooled connections in total."),
+    connect_timeout: float = typer.Option(1000, "--connect-timeout", help="Connect timeout, ms."),
+    timeout: float = typer.Option(2000, "--timeout", help="RPC timeout once connected, ms."),
+    method: str = typer.Option("ping", "--method", "-m", help="ping | echo | work."),
+    payload: int = typer.Option(0, "--payload", help="echo: payload bytes; work: milliseconds of work."),
+    via: str = typer.Option("elb", "--via", help="elb (default), node (NodePorts) or pod."),
+    target: str = typer.Option(None, "--target", help="Only this ELB node / node / pod (default: all, round robin)."),
+    source: str = typer.Option(None, "--from", help="Host to send from (default: the client tier; pods: their node)."),
+    workers: int = typer.Option(None, "--workers", help="Worker processes (default: one per 3,000 req/s)."),
+    json_file: str = typer.Option(None, "--json", help="Write the JSON result to FILE ('-': stdout)."),
+    record: Path = typer.Option(None, "--record", help="Also record ELB, node and client metrics to RUN.jsonl."),
+    interval: float = typer.Option(60.0, "--interval", "-i", help="Recording interval, seconds (>= 1)."),
+    name: str = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up)."),
+) -> None:
+    """Send open-loop Thrift load through the lab and report outcomes and latency (HDR histograms)."""
+    spec = LoadSpec(
+        service=service,
+        rate=rate,
+        duration=_seconds(duration, "--duration"),
+        rate_end=rate_end,
+        connections=connections,
+        pool=pool,
+        connect_timeout=connect_timeout / 1000,
+        timeout=timeout / 1000,
+        method=method,
+        payload=payload,
+        via=via,
+        target=target,
+        source=source,
+        workers=workers,
+    )
+    spec.validate()  # bad numbers fail before the lab is even looked at
+    if record is not None:
+        from lab.metrics.recorder import check_interval
+
+        check_interval(interval)
+    lab = Lab.load(name or default_lab_name())
+    run = LoadRun(lab, spec)
+    recorder = None
+    if record is not None:
+        from lab.metrics import Recorder
+
+        recorder = Recorder(lab, record, interval=interval, client=run, note=f"lab load {service}")
+    quiet = json_file == "-"
+    live_path = live_file(lab)
+    live_path.write_text("")
+
+    def publish(s: ClientSlice) -> None:
+        with open(live_path, "a") as f:
+            f.write(json.dumps(s.to_dict()) + "\n")
+
+    run.on_slice(publish)
+    result: LoadResult | None = None
+    interrupted = False
+    try:
+        if recorder is not None:
+            recorder.start()
+        run.start()
+        if recorder is not None:
+            recorder.event("load started", service=service, rate=rate, rate_end=rate_end, connections=connections)
+        result = _follow(run, spec, quiet)
+    except KeyboardInterrupt:
+        interrupted = True
+        result = run.stop(abort=True)
+    finally:
+        run._reap()
+        with contextlib.suppress(OSError):
+            live_path.unlink()
+        if recorder is not None:
+            with contextlib.suppress(Exception):
+                recorder.event("load ended", interrupted=interrupted)
+            recorder.stop()
+    data = result.to_dict()
+    if json_file == "-":
+        print_json(data)
+    else:
+        if json_file:
+            try:
+                Path(json_file).write_text(json.dumps(data, indent=2) + "\n")
+            except OSError as exc:
+                raise InputError(f"--json {json_file}: {exc.strerror}") from None
+        print_result(data)
+        if json_file:
+            console.print(f"JSON result: {json_file}")
+        if record is not None:
+            console.print(f"recorded: {record} (plot it: lab plot {record} -o run.png)")
+    if interrupted:
+        print("Interrupted: partial result above; every load worker has exited.", file=sys.stderr, flush=True)
+        raise typer.Exit(130)
+
+
+def _follow(run: LoadRun, spec: LoadSpec, quiet: bool) -> LoadResult:
+    """Show progress while the run goes: a live line on a terminal, a line every 5 s otherwise."""
+    started = time.monotonic()
+    if quiet:
+        return run.wait()
+    if err_console.is_terminal:
+        with Live(console=err_console, refresh_per_second=4, transient=True) as live:
+            for s in run.slices():
+                left = max(0.0, spec.duration - (time.monotonic() - started))
+                live.update(f"[bold]lab load[/] {spec.service}: {_slice_line(s)}  ({left:.0f}s left)")
+        return run.wait()
+    last = 0.0
+    for s in run.slices():
+        if time.monotonic() - last >= 5:
+            last = time.monotonic()
+            print(f"lab load {spec.service}: {_slice_line(s)}", file=sys.stderr, flush=True)
+    return run.wait()

@@ -1,0 +1,300 @@
+"""`lab metrics`, `lab top`, `lab plot`: the ELB's CloudWatch metrics, node counters and client outcomes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+
+from lab.cli.app import command, console, err_console, print_json
+from lab.errors import InputError
+from lab.lab import Lab, default_lab_name
+
+NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up).")
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and digits:
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def elb_table(record: dict[str, Any], header: dict[str, Any]) -> Table:
+    """One row per CloudWatch metric, one column per ELB node (and per AZ when an AZ has several), then all."""
+    m = record["elb"]["metrics"]
+    span = record["t_end"] - record["t_start"]
+    azs = {e["name"]: e["az"] for e in header["elb_nodes"]}
+    nodes = list(m["RequestCount"]["by_elb_node"])
+    multi_az = [az for az in m["RequestCount"]["by_az"] if sum(1 for n in nodes if azs.get(n) == az) > 1]
+    table = Table(
+        title=f"ELB, interval {span:.1f}s (counts: Sum; Latency: Average; gauges at the end)", title_justify="left"
+    )
+    table.add_column("metric")
+    for n in nodes:
+        table.add_column(f"{n}\n{azs.get(n, '')}", justify="right")
+    for az in multi_az:
+        table.add_column(f"AZ\n{az}", justify="right")
+    table.add_column("all", justify="right", style="bold")
+    for metric, values in m.items():
+        cells = [values["by_elb_node"].get(n) for n in nodes] + [values["by_az"].get(az) for az in multi_az]
+        cells.append(values["all"])
+        if metric == "Latency":
+            table.add_row("Latency (ms)", *("-" if v is None else f"{v * 1000:.2f}" for v in cells))
+        else:
+            table.add_row(metric, *(_fmt(v) for v in cells))
+    return table
+
+
+def errors_line(record: dict[str, Any]) -> Table | str:
+    bce = record["elb"]["backend_connection_errors"]
+    title = (
+        f"BackendConnectionErrors: {bce['health_check']} health check, {bce['traffic']} traffic "
+        f"({bce['attempts']} connect attempts, {bce['refused']} refused)"
+    )
+    rows = [(e, i, n) for e, per in bce["by_elb_node_and_instance"].items() for i, n in per.items() if n]
+    if not rows:
+        return title
+    table = Table(title=title, title_justify="left")
+    for col in ("ELB node", "instance", "errors"):
+        table.add_column(col, justify="right" if col == "errors" else "left")
+    for e, i, n in rows:
+        table.add_row(e, i, str(n))
+    return table
+
+
+NODE_ROWS = [
+    ("conntrack entries", lambda v: f"{v['conntrack']['count']}/{v['conntrack']['max']}"),
+    ("conntrack fill %", lambda v: f"{v['conntrack']['fill'] * 100:.2f}"),
+    *[
+        (k, (lambda key: lambda v: str(v["conntrack_stats"][key]))(k))
+        for k in ("insert_failed", "drop", "early_drop", "invalid")
+    ],
+    *[
+        (k, (lambda key: lambda v: str(v["tcp"][key]))(k))
+        for k in (
+            "TcpExtTCPSynRetrans",
+            "TcpExtListenOverflows",
+            "TcpExtListenDrops",
+            "TcpAttemptFails",
+            "TcpEstabResets",
+        )
+    ],
+    (
+        "KUBE-SVC/SVL packets",
+        lambda v: str(sum(n for k, n in v["kube_chains"].items() if "/KUBE-SVC-" in k or "/KUBE-SVL-" in k)),
+    ),
+]
+
+
+def nodes_table(record: dict[str, Any]) -> Table | None:
+    nodes = record.get("nodes") or {}
+    if not nodes:
+        return None
+    table = Table(title="Nodes (counters: increase in the interval)", title_justify="left")
+    table.add_column("")
+    for node in nodes:
+        table.add_column(node, justify="right")
+    for label, cell in NODE_ROWS:
+        table.add_row(label, *(cell(v) for v in nodes.values()))
+    return table
+
+
+def client_table(client: dict[str, Any] | None, title: str = "Client") -> Table | None:
+    if not client:
+        return None
+    table = Table(title=f"{title}: {client['requests']} requests ({client['rate']}/s)", title_justify="left")
+    for col in (
+        "ok",
+        "connect-timeout",
+        "connect-refused",
+        "reset",
+        "read-timeout",
+        "other",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+    ):
+        table.add_column(col, justify="right")
+    lat = client["latency"]
+    table.add_row(
+        *(
+            str(client["outcomes"].get(k, 0))
+            for k in ("ok", "connect-timeout", "connect-refused", "reset", "read-timeout", "other")
+        ),
+        *(f"{lat[k]:.2f}" if lat.get("count") else "-" for k in ("p50_ms", "p99_ms", "max_ms")),
+    )
+    return table
+
+
+def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str, Any] | None = None) -> Group:
+    parts = [
+        elb_table(record, header),
+        errors_line(record),
+        nodes_table(record),
+        client_table(client or record.get("client")),
+    ]
+    return Group(*[p for p in parts if p is not None])
+
+
+def _recorder(lab: Lab, interval: float, record: Path | None, nodes: bool):
+    from lab.metrics import Recorder
+
+    return Recorder(lab, record, interval=interval, nodes=nodes, note="lab metrics")
+
+
+@command(
+    "metrics",
+    epilog="Examples:\n\n  lab metrics --interval 10\n\n  lab metrics -i 5 --watch --record idle.jsonl\n\n"
+    "  lab metrics -i 5 --json\n\n  lab metrics -i 5 --prometheus",
+)
+def metrics_cmd(
+    interval: float = typer.Option(60.0, "--interval", "-i", help="Interval length, seconds (1-3600; CloudWatch: 60)."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Keep going: one table set per interval until Ctrl-C."),
+    record: Path = typer.Option(None, "--record", help="Also write the time series (JSON lines) to FILE."),
+    nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Sample node counters too."),
+    prometheus: bool = typer.Option(False, "--prometheus", help="Print Prometheus text exposition instead."),
+    json_out: bool = typer.Option(False, "--json", help="Print each interval as JSON."),
+    name: str = NameOpt,
+) -> None:
+    """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics."""
+    from lab.metrics import to_prometheus
+    from lab.metrics.recorder import check_interval
+
+    check_interval(interval)
+    lab = Lab.load(name or default_lab_name())
+    rec = _recorder(lab, interval, record, nodes)
+    got: queue.Queue = queue.Queue()
+    rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
+    rec.start()
+    try:
+        while True:
+            if not json_out and not prometheus and err_console.is_terminal:
+                with err_console.status(f"measuring one {interval:g}s interval (Ctrl-C to stop)"):
+                    r = _next(got, interval)
+            else:
+                r = _next(got, interval)
+            if json_out:
+                print_json(r)
+            elif prometheus:
+                sys.stdout.write(to_prometheus(rec.header, r))
+                sys.stdout.flush()
+            else:
+                console.print(record_view(r, rec.header))
+            if not watch:
+                break
+    finally:
+        rec.stop(final_interval=False)
+
+
+def _next(got: queue.Queue, interval: float) -> dict[str, Any]:
+    deadline = time.monotonic() + interval + 60
+    while True:
+        try:
+            return got.get(timeout=0.5)
+        except queue.Empty:
+            if time.monotonic() > deadline:
+                raise InputError("no interval was recorded; is the lab still up? (lab status)") from None
+
+
+def _live_clients(lab: Lab) -> dict[str, Any] | None:
+    """The latest per-second slice of each `lab load` running on this lab, merged (what `lab top` shows)."""
+    latest = []
+    for path in lab.state.path("run").glob("load-*.jsonl"):
+        pid = path.stem.split("-", 1)[1]
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            lines = path.read_text().splitlines()
+            if lines:
+                latest.append(json.loads(lines[-1]))
+    if not latest:
+        return None
+    out = dict(latest[0])
+    if len(latest) > 1:
+        out = {
+            "requests": 0,
+            "rate": 0.0,
+            "outcomes": {},
+            "latency": max((c["latency"] for c in latest), key=lambda x: x.get("p99_ms", 0)),
+        }
+        for c in latest:
+            out["requests"] += c["requests"]
+            out["rate"] += c["rate"]
+            for k, v in c["outcomes"].items():
+                out["outcomes"][k] = out["outcomes"].get(k, 0) + v
+    return out
+
+
+@command(
+    "top",
+    epilog="Examples:\n\n  lab top\n\n  lab top --interval 2\n\n"
+    "  (and in another terminal: lab load accounts --rate 500 --duration 2m)",
+)
+def top_cmd(
+    interval: float = typer.Option(5.0, "--interval", "-i", help="Refresh interval, seconds (>= 1)."),
+    count: int = typer.Option(0, "--count", help="Stop after this many intervals (0: until Ctrl-C)."),
+    name: str = NameOpt,
+) -> None:
+    """A live view: ELB metrics per ELB node and AZ, node conntrack fill, and the client outcomes of running loads."""
+    from lab.metrics.recorder import check_interval
+
+    check_interval(interval)
+    lab = Lab.load(name or default_lab_name())
+    rec = _recorder(lab, interval, None, True)
+    got: queue.Queue = queue.Queue()
+    rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
+    rec.start()
+    shown = 0
+    try:
+        with Live(console=console, refresh_per_second=2, screen=console.is_terminal and count == 0) as live:
+            live.update(f"lab top {lab.name}: first interval in {interval:g}s (Ctrl-C to quit)")
+            while count == 0 or shown < count:
+                r = _next(got, interval)
+                title = f"lab top {lab.name} ({time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C to quit)"
+                live.update(Group(title, record_view(r, rec.header, _live_clients(lab))))
+                shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rec.stop(final_interval=False)
+
+
+@command(
+    "plot",
+    epilog="Examples:\n\n  lab plot run.jsonl -o run.png\n\n"
+    "  lab plot run.jsonl -o run.svg --title 'idle, 3 instances'",
+)
+def plot_cmd(
+    run: Path = typer.Argument(..., help="A time series recorded by `lab load --record` or `lab metrics --record`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Image to write (.png, .svg, .pdf)."),
+    title: str = typer.Option(None, "--title", help="Title (default: the lab and its settings)."),
+    json_out: bool = typer.Option(False, "--json", help="Print what was drawn as JSON."),
+) -> None:
+    """Draw BackendConnectionErrors and RequestCount over time (like the seed's ELB graphs) and client latency."""
+    from lab.metrics.plot import plot_run
+
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise InputError(f"--out {out}: use a .png, .svg or .pdf file name")
+    if not run.is_file():
+        raise InputError(f"{run}: no such file; record a run with `lab load ... --record {run}`")
+    info = plot_run(run, out, title)
+    if json_out:
+        print_json(info)
+    else:
+        console.print(
+            f"wrote {info['out']}: {info['intervals']} intervals" + (", client latency" if info["client"] else "")
+        )
+
+
+__all__ = ["metrics_cmd", "top_cmd", "plot_cmd"]
