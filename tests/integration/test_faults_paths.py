@@ -1,0 +1,215 @@
+"""Health-check misroutes, stale endpoints, SYN backlog overflow and the ELB idle timeout, observed through the
+ELB (HAProxy's own stats socket), iptables-save, ss and nstat."""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+import threading
+import time
+
+import pytest
+from labservices.client import client_on_socket
+
+from lab import faults
+from tests.conftest import in_host
+from tests.integration.test_faults import (
+    assert_same,
+    connect_times,
+    nstat,
+    rpc_outcomes,
+    rule_packets,
+    snapshot,
+)
+
+pytestmark = pytest.mark.root
+
+QUICK = 0.1  # ELB timers x0.1: a health check every second
+
+
+def haproxy(lab, elb: str, command: str) -> str:
+    """Ask the ELB node's HAProxy directly on its stats socket (not through the lab's code)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(lab.state.path("run", f"{elb}.sock")))
+    s.sendall(command.encode() + b"\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    return data.decode()
+
+
+def check_of(lab, elb: str, node: str) -> dict[str, str]:
+    rows = csv.DictReader(io.StringIO(haproxy(lab, elb, "show stat")[2:]))
+    return next(r for r in rows if r["pxname"] == "elb-health" and r["svname"] == node)
+
+
+def stays_in_service(lab, elb: str, node: str, seconds: float = 3.5) -> bool:
+    """UP with a passing layer-4 check, and checks kept running (at 1/s) through the whole wait."""
+    first = int(check_of(lab, elb, node)["chkdown"] or 0)
+    time.sleep(seconds)
+    row = check_of(lab, elb, node)
+    return row["status"] == "UP" and row["check_status"] == "L4OK" and int(row["chkdown"] or 0) == first
+
+
+def test_first_listener_check_stays_green_while_another_listener_fails(make_lab):
+    lab = make_lab(time_scale=QUICK)
+    before = snapshot(lab)
+    # cross-zone off: elb-a1 sends only to node-a1; the check covers accounts' NodePort (the first listener)
+    faults.apply(lab, "healthcheck-misroute", "node-a1", ["variant=first-listener"])
+    broken = rpc_outcomes(lab, "catalog", "elb", "elb-a1", 5)
+    assert broken.get("ok", 0) == 0 and broken["errors"] == 5, broken
+    assert rpc_outcomes(lab, "accounts", "elb", "elb-a1", 5) == {"ok": 5}
+    assert rpc_outcomes(lab, "catalog", "elb", "elb-b1", 5) == {"ok": 5}
+    assert stays_in_service(lab, "elb-a1", "node-a1")
+    assert rule_packets(lab, "node-a1", "filter", r"REJECT --reject-with tcp-reset") > 0
+    faults.revert(lab)
+    assert rpc_outcomes(lab, "catalog", "elb", "elb-a1", 5) == {"ok": 5}
+    assert_same(before, snapshot(lab))
+
+
+def test_local_policy_nodes_without_pods_drop_while_checks_pass(make_lab):
+    lab = make_lab(time_scale=QUICK)
+    before = snapshot(lab)
+    with_pods = {p.node for p in lab.topology.pods_of("catalog")}
+    empty = next(n for n in lab.topology.k8s_nodes if n.name not in with_pods)
+    elb = next(e.name for e in lab.topology.elb_nodes if e.az == empty.az)
+    faults.apply(lab, "healthcheck-misroute", None, ["variant=local-no-endpoints"])
+    saved = in_host(lab.name, empty.name, "iptables-save", "-t", "filter")
+    assert "default/catalog:thrift has no local endpoints" in saved
+    broken = rpc_outcomes(lab, "catalog", "elb", elb, 3, timeout=1.5)
+    assert broken.get("ok", 0) == 0, broken
+    assert stays_in_service(lab, elb, empty.name)
+    faults.revert(lab)
+    assert rpc_outcomes(lab, "catalog", "elb", elb, 3) == {"ok": 3}
+    assert_same(before, snapshot(lab))
+
+
+def test_wrong_port_check_passes_on_a_port_that_always_answers(make_lab):
+    lab = make_lab(time_scale=QUICK)
+    before = snapshot(lab)
+    faults.apply(lab, "healthcheck-misroute", "node-a1", ["variant=wrong-port", "port=10256"])
+    state = haproxy(lab, "elb-a1", "show servers state elb-health")
+    assert " 10256 " in state  # HAProxy now checks the responder's port, not the NodePort
+    for node in lab.topology.k8s_nodes:
+        assert ":10256" in in_host(lab.name, node.name, "ss", "-ltn")
+    broken = rpc_outcomes(lab, "accounts", "elb", "elb-a1", 5)
+    assert broken.get("ok", 0) == 0, broken
+    assert stays_in_service(lab, "elb-a1", "node-a1")
+    assert stays_in_service(lab, "elb-b1", "node-b1", seconds=0.5)
+    faults.revert(lab)
+    assert " 10256 " not in haproxy(lab, "elb-a1", "show servers state elb-health")
+    assert rpc_outcomes(lab, "accounts", "elb", "elb-a1", 5) == {"ok": 5}
+    assert_same(before, snapshot(lab))
+
+
+def test_stale_endpoints_keep_sending_to_a_dead_pod_until_kube_proxy_notices(make_lab):
+    lab = make_lab()
+    before = snapshot(lab)
+    dead = "accounts-0"
+    dead_ip = str(lab.plan.ip(dead))
+    stale, fresh = "node-c1", "node-b1"
+    faults.apply(lab, "stale-endpoints", dead, [f"fresh={fresh}"])
+    assert f"--to-destination {dead_ip}:9090" in in_host(lab.name, stale, "iptables-save", "-t", "nat")
+    assert f"--to-destination {dead_ip}:9090" not in in_host(lab.name, fresh, "iptables-save", "-t", "nat")
+    via_stale = rpc_outcomes(lab, "accounts", "node", stale, 20)
+    assert via_stale.get("Connection refused", 0) > 0, via_stale  # about half go to the dead pod
+    assert rpc_outcomes(lab, "accounts", "node", fresh, 20) == {"ok": 20}
+    faults.revert(lab)
+    assert rpc_outcomes(lab, "accounts", "node", stale, 10) == {"ok": 10}
+    assert_same(before, snapshot(lab))
+
+
+def test_stale_endpoint_blackhole_times_out(make_lab):
+    lab = make_lab()
+    before = snapshot(lab)
+    faults.apply(lab, "stale-endpoints", "accounts-0", ["mode=blackhole"])
+    node = lab.plan.host("accounts-0").node
+    assert connect_times(lab, node, (str(lab.plan.ip("accounts-0")), 9090), 1, timeout=1.5) == [None]
+    faults.revert(lab)
+    assert connect_times(lab, node, (str(lab.plan.ip("accounts-0")), 9090), 1)[0] is not None
+    assert_same(before, snapshot(lab))
+
+
+def _burst(lab, source: str, address: tuple[str, int], n: int) -> list[float | None]:
+    def run() -> list[float | None]:
+        times: list[float | None] = []
+        socks: list[socket.socket] = []
+        lock = threading.Lock()
+
+        def one() -> None:
+            t0 = time.perf_counter()
+            try:
+                s = socket.create_connection(address, timeout=5)
+            except OSError:
+                with lock:
+                    times.append(None)
+                return
+            with lock:
+                times.append(time.perf_counter() - t0)
+                socks.append(s)
+
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for s in socks:
+            s.close()
+        return times
+
+    return lab.host(source).in_netns(run)
+
+
+def test_syn_backlog_overflows_under_a_burst(make_lab):
+    lab = make_lab()
+    before = snapshot(lab)
+    pod = "accounts-0"
+    node = lab.plan.host(pod).node
+    address = (str(lab.plan.ip(pod)), 9090)
+    overflows = nstat(lab, pod, "TcpExtListenOverflows")
+    faults.apply(lab, "syn-backlog", pod, ["backlog=1", "accept_delay=200ms"])
+    assert "LISTEN 0      1 " in in_host(lab.name, pod, "ss", "-ltn", "sport", "= :9090")
+    times = _burst(lab, node, address, 30)
+    assert nstat(lab, pod, "TcpExtListenOverflows") > overflows
+    assert sum(1 for t in times if t is None or t >= 1.0) > 0, times  # a dropped SYN / ACK costs a 1 s retransmit
+    faults.revert(lab)
+    assert "LISTEN 0      128 " in in_host(lab.name, pod, "ss", "-ltn", "sport", "= :9090")
+    after = nstat(lab, pod, "TcpExtListenOverflows")
+    assert all(t is not None and t < 1.0 for t in _burst(lab, node, address, 30))
+    assert nstat(lab, pod, "TcpExtListenOverflows") == after
+    assert_same(before, snapshot(lab))
+
+
+def test_elb_idle_timeout_closes_pooled_connections(make_lab):
+    lab = make_lab()
+    before = snapshot(lab)
+    config = lab.state.path("run", "elb-a1.haproxy.cfg").read_text()
+    elb = (str(lab.plan.ip("elb-a1")), 9090)
+
+    def pooled_call_after(idle: float) -> tuple[str, str]:
+        sock = lab.host("apollo-1").connect(elb)
+        client = client_on_socket(sock, 3.0)
+        client.ping()
+        time.sleep(idle)
+        waiting = in_host(lab.name, "apollo-1", "ss", "-tn", "state", "close-wait")
+        try:
+            client.ping()
+            outcome = "ok"
+        except Exception as exc:
+            outcome = type(exc).__name__
+        finally:
+            sock.close()
+        return outcome, waiting
+
+    faults.apply(lab, "elb-idle-timeout", "elb-a1", ["timeout=1s"])
+    assert "timeout client 1000ms" in lab.state.path("run", "elb-a1.haproxy.cfg").read_text()
+    outcome, waiting = pooled_call_after(2.0)
+    assert f"{elb[0]}:9090" in waiting  # the ELB closed it; the client's pool still holds it (CLOSE-WAIT)
+    assert outcome != "ok"
+    faults.revert(lab)
+    assert lab.state.path("run", "elb-a1.haproxy.cfg").read_text() == config
+    outcome, waiting = pooled_call_after(2.0)
+    assert outcome == "ok" and f"{elb[0]}:9090" not in waiting
+    assert_same(before, snapshot(lab))
