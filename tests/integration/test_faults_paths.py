@@ -13,6 +13,7 @@ import pytest
 from labservices.client import client_on_socket
 
 from lab import faults
+from lab.load import LoadSpec, run_load
 from tests.conftest import in_host
 from tests.integration.test_faults import (
     assert_same,
@@ -58,9 +59,11 @@ def test_first_listener_check_stays_green_while_another_listener_fails(make_lab)
     before = snapshot(lab)
     # cross-zone off: elb-a1 sends only to node-a1; the check covers accounts' NodePort (the first listener)
     faults.apply(lab, "healthcheck-misroute", "node-a1", ["variant=first-listener"])
-    broken = rpc_outcomes(lab, "catalog", "elb", "elb-a1", 5)
-    assert broken.get("ok", 0) == 0 and broken["errors"] == 5, broken
-    assert rpc_outcomes(lab, "accounts", "elb", "elb-a1", 5) == {"ok": 5}
+    # `lab load` through the broken listener: every request fails, counted by the load generator
+    broken = run_load(lab, LoadSpec(service="catalog", rate=10, duration=2, connections="per-request", target="elb-a1"))
+    assert broken.requests >= 15 and broken.total.outcomes.get("ok", 0) == 0, broken.to_dict()["outcomes"]
+    fine = run_load(lab, LoadSpec(service="accounts", rate=10, duration=1, connections="per-request", target="elb-a1"))
+    assert fine.ok_ratio == 1.0, fine.to_dict()["outcomes"]
     assert rpc_outcomes(lab, "catalog", "elb", "elb-b1", 5) == {"ok": 5}
     assert stays_in_service(lab, "elb-a1", "node-a1")
     assert rule_packets(lab, "node-a1", "filter", r"REJECT --reject-with tcp-reset") > 0
