@@ -30,7 +30,7 @@ MAX_DURATION = 7 * 86400.0
 REVERTER_MODULE = "lab.faults.reverter"
 
 
-def kinds() -> list[dict[str, Any]]:
+def list_kinds() -> list[dict[str, Any]]:
     """Every kind with its target and parameters (name, default, meaning) - what `lab fault list` shows."""
     out = []
     for kind in KINDS.values():

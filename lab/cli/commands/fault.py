@@ -55,7 +55,7 @@ def _when(ts: float | None) -> str:
 @fault_command("list", epilog="Examples:\n\n  lab fault list\n\n  lab fault list --json")
 def list_cmd(json_out: bool = JsonOpt) -> None:
     """The fault kinds, their targets and parameters (no lab needed)."""
-    kinds = faults.kinds()
+    kinds = faults.list_kinds()
     if json_out:
         print_json(kinds)
         return
