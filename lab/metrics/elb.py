@@ -110,16 +110,16 @@ class ElbSampler:
             for job in jobs:
                 job.result()
 
-
-def ensure_accounting(lab) -> None:
-    """Backends call this while building a lab, before the ELB nodes start, so counting starts at zero."""
-    ElbSampler(lab).ensure_accounting()
-
     def sample(self, name: str, t: float) -> ElbNodeSample:
         host: Host = self.lab.host(name)
         counts = read_counts(host, self.targets[name])
         stats = parse_stats(show_stat(self.lab.backend.elb_stats_socket(self.lab, name)))
         return ElbNodeSample(t=t, az=self.elbs[name].az, backend=counts, **stats)
+
+
+def ensure_accounting(lab) -> None:
+    """Backends call this while building a lab, before the ELB nodes start, so counting starts at zero."""
+    ElbSampler(lab).ensure_accounting()
 
 
 def _dims(per_node: dict[str, float], azs: dict[str, str], average: bool = False) -> dict[str, Any]:

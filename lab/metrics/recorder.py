@@ -134,13 +134,14 @@ class Recorder:
         self._write({"type": "event", "t": round(time.time(), 3), "what": what, **fields})
 
     def stop(self, final_interval: bool = True) -> list[dict[str, Any]]:
-        """Stop sampling; the partial last interval is recorded too (when it is at least a second long)."""
+        """Stop sampling; the partial last interval is recorded too (if >= 1 s long, or a client is attached)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
-        if final_interval and time.time() - self._t_prev >= 1.0:
+        # A short tail is still recorded when a client is attached: its last requests must not go missing.
+        if final_interval and (time.time() - self._t_prev >= 1.0 or self.client is not None):
             with contextlib.suppress(Exception):
-                self._sample()
+                self._sample(final=True)
         self._write({"type": "end", "t": round(time.time(), 3), "intervals": self._seq})
         self._pool.shutdown(wait=True)
         if self._file:
@@ -183,12 +184,12 @@ class Recorder:
         self._prev_elb, self._prev_nodes, self._t_prev = elbs, nodes, t
         self._t0 = t
 
-    def _sample(self) -> dict[str, Any]:
+    def _sample(self, final: bool = False) -> dict[str, Any]:
         t, elbs, nodes = self._take()
         client = None
         if self.client is not None:
             time.sleep(CLIENT_GRACE_S)
-            taken = self.client.take_client(t)
+            taken = self.client.take_client(float("inf") if final else t)  # the last interval takes the rest
             client = (taken or ClientSlice(self._t_prev, t)).to_dict()
         record = {
             "type": "interval",
