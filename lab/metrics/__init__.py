@@ -1,9 +1,9 @@
 """Observation of a lab: the ELB's CloudWatch metrics, node counters and client outcomes, recorded per interval.
 
-    rec = Recorder(lab, "run.jsonl", interval=10, client=load_run)   # load_run: a lab.load.LoadRun, optional
-    rec.start(); ...; rec.event("fault applied", fault="drop-nodeport"); ...; rec.stop()
-    header, intervals, events = read_series("run.jsonl")
-    to_prometheus(header, intervals[-1])                               # text exposition of one interval
+rec = Recorder(lab, "run.jsonl", interval=10, client=load_run)   # load_run: a lab.load.LoadRun, optional
+rec.start(); ...; rec.event("fault applied", fault="drop-nodeport"); ...; rec.stop()
+header, intervals, events = read_series("run.jsonl")
+to_prometheus(header, intervals[-1])                               # text exposition of one interval
 """
 
 from __future__ import annotations
