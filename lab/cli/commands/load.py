@@ -56,7 +56,7 @@ def result_table(d: dict[str, Any]) -> Table:
     table = Table(
         title=f"lab load {spec['service']} via {spec['via']} ({spec['connections']}): {d['requests']} requests in "
         f"{d['seconds']:.1f}s = {d['achieved_rate']:.0f}/s, ok {d['ok_ratio'] * 100:.3f}%"
-        + (" [interrupted: partial result]" if d["interrupted"] else ""),
+        + (" (interrupted: partial result)" if d["interrupted"] else ""),
         title_justify="left",
     )
     table.add_column("ms")
