@@ -92,9 +92,10 @@ def docker(*args: str, check: bool = True, timeout: float = 60) -> str:
 
 
 def service_image() -> str:
-    """The service image's tag: a digest of services/ (Dockerfile and code), so a change means a new build."""
+    """The service image's tag: a digest of what `docker build services/` uses, so a change means a new build."""
     digest = hashlib.sha256()
-    for path in sorted(SERVICES_DIR.rglob("*")):
+    files = [SERVICES_DIR / "Dockerfile", SERVICES_DIR / ".dockerignore", *(SERVICES_DIR / "labservices").rglob("*")]
+    for path in sorted(files):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
             digest.update(str(path.relative_to(SERVICES_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return f"{render.SERVICE_IMAGE_REPO}:{digest.hexdigest()[:12]}"
@@ -196,18 +197,23 @@ class KindBackend:
 
         progress(f"starting {len(topo.elb_nodes)} ELB nodes (HAProxy containers) and the client tier")
         for elb in topo.elb_nodes:
-            inside, outside = render.haproxy_paths(state.dir, elb.name)
-            cfg_dir = state.path("elb", elb.name)
-            cfg_dir.mkdir(parents=True, exist_ok=True)
-            outside.stats_socket.parent.mkdir(parents=True, exist_ok=True)
-            (cfg_dir / "haproxy.cfg").write_text(render_haproxy(topo, plan, elb, inside, lab.time_scale))
-            cmd = render.elb_command(topo, plan, lab.name, state.dir, elb.name)
+            cmd = self.prepare_elb(lab, elb.name)
             state.record("container", name=names.container(elb.name))
             run(cmd.argv, timeout=600)  # the first run pulls the HAProxy image
         for client, ip in render.client_ips(topo).items():
             state.record("container", name=names.container(client))
             run(render.client_command(topo, lab.name, client, ip, image).argv, timeout=120)
         self._wait_elbs(lab)
+
+    def prepare_elb(self, lab: Lab, elb: str) -> render.Command:
+        """Write an ELB node's haproxy.cfg and make its run directory; return the docker command that starts it."""
+        spec = next(e for e in lab.topology.elb_nodes if e.name == elb)
+        inside, outside = render.haproxy_paths(lab.state.dir, elb)
+        cfg_dir = lab.state.path("elb", elb)
+        cfg_dir.mkdir(parents=True, exist_ok=True)
+        outside.stats_socket.parent.mkdir(parents=True, exist_ok=True)
+        (cfg_dir / "haproxy.cfg").write_text(render_haproxy(lab.topology, lab.plan, spec, inside, lab.time_scale))
+        return render.elb_command(lab.topology, lab.plan, lab.name, lab.state.dir, elb)
 
     def _map_nodes(self, lab: Lab) -> dict[str, str]:
         """Topology node -> kind node (= container) name, from the node label set in the kind config."""

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from lab.hosts import Host, create_netns, delete_netns, pids_in_netns
 from lab.lab import Lab
 from lab.models.topology import Topology
 from lab.models.yamlio import load_model
+from lab.render import kind
 from tests.conftest import TOPOLOGIES, unique_lab_name
 
 pytestmark = pytest.mark.root
@@ -441,3 +443,123 @@ def conntrack_drops(host: Host) -> int:
             if key in ("drop", "insert_failed"):
                 total += int(value)
     return total
+
+
+# --- the kind backend's ELB node: HAProxy in a container, with the rendered config and stats socket --------------
+
+HAPROXY = Path("/usr/sbin/haproxy")
+
+
+def haproxy_image(docker: PrivateDocker) -> str:
+    """This machine's HAProxy (the netns backend's) and its libraries as an image: no registry needed."""
+    image = "lab-test/haproxy:local"
+    if docker.docker("image", "inspect", image, check=False).returncode == 0:
+        return image
+    libs = [ln.split("=>")[-1].split("(")[0].strip() for ln in subprocess.run(
+        ["ldd", str(HAPROXY)], capture_output=True, text=True, check=True).stdout.splitlines()]  # fmt: skip
+    tar_path = docker.dir / "haproxy.tar"
+    with tarfile.open(tar_path, "w", dereference=True) as tar:
+        for d in ("tmp", "run", "etc", "dev", "proc", "sys", "usr/local/etc/haproxy"):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        tar.add(HAPROXY, arcname="usr/sbin/haproxy")
+        for lib in libs:
+            if lib.startswith("/"):
+                tar.add(lib, arcname=lib.lstrip("/"))
+    docker.docker("import", str(tar_path), image)
+    return image
+
+
+def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats_socket(engine, monkeypatch):
+    """The ELB node exactly as the kind backend starts it (config and run directories mounted, the rendered
+    haproxy.cfg, root inside), but on --network none: its eth0 and a node container's come from a bridge in
+    a lab namespace. HAProxy health-checks the node's plan address; RPCs go client -> ELB -> node."""
+    from labservices.client import call, client_on_socket
+    from labservices.server import PodIdentity, serve
+
+    from lab.backends.kind import KindBackend
+    from lab.haproxy_stats import instance_health, show_stat
+
+    docker, _ = engine
+    if not HAPROXY.exists():
+        pytest.skip("haproxy is not installed (make setup)")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{docker.socket}")  # the backend's own docker calls: our engine
+    image = haproxy_image(docker)
+    topo = load_model(Topology, TOPOLOGIES / "default.yaml")
+    lab = Lab(name=unique_lab_name("d"), topology=topo, backend_name="kind", time_scale=0.1)
+    lab.state.create_dir()
+    backend = KindBackend()
+    switch = Path(f"/run/netns/lab.{lab.name}.switch")
+    create_netns(switch)
+    stop = threading.Event()
+    containers: list[str] = []
+    try:
+        with netns_iproute(str(switch)) as ipr:
+            ipr.link("set", ifname="lo", ifalias=f"lab:{lab.name}", state="up")
+            ipr.link("add", ifname="br0", kind="bridge", state="up")
+            ipr.addr("add", index=ipr.link_lookup(ifname="br0")[0], address="172.20.63.254", prefixlen=16)
+        client = Host("apollo-1", "client", str(switch), ip="172.20.63.254")
+
+        node_pid = docker.run("lab-elbnode", IMAGE)
+        containers.append("lab-elbnode")
+        plug(switch, node_pid, "vnode", "172.20.0.2/16")
+        node = Host("node-a1", "node", f"/proc/{node_pid}/ns/net", ip="172.20.64.16")
+        setup_node(node, {})
+        for svc in topo.services:  # the pods behind the NodePorts (here the node's own sockets)
+            listener = listen(node, svc.node_port)
+            identity = PodIdentity(service=svc.name, pod=f"{svc.name}-0", node="node-a1", az="us-east-1a")
+            threading.Thread(target=serve, args=(listener, identity, stop), daemon=True).start()
+
+        cmd = backend.prepare_elb(lab, "elb-a1")
+        argv = list(cmd.argv)
+        at = argv.index("--network")
+        del argv[at : at + 4]  # --network lab-<lab> --ip <plan address>: a Docker network would be a bridge here
+        argv[argv.index(kind.HAPROXY_IMAGE)] = image
+        # On kind, Docker gives the container its plan address before HAProxy starts; here the veth comes just
+        # after, so HAProxy may bind the address before it exists.
+        nonlocal_bind = ("--sysctl", "net.ipv4.ip_nonlocal_bind=1")
+        docker.docker(*argv[1:3], "--network", "none", *nonlocal_bind, "--label", LABEL, *argv[3:])
+        elb_container = kind.KindNames(lab.name).container("elb-a1")
+        containers.append(elb_container)
+        elb_pid = int(docker.docker("inspect", "--format", "{{.State.Pid}}", elb_container).stdout.decode())
+        plug(switch, elb_pid, "velb", "172.20.64.5/16")
+
+        backend._wait_elbs(lab, ["elb-a1"])  # through the stats socket, from this machine
+        sock = backend.elb_stats_socket(lab, "elb-a1")
+        assert sock == lab.state.path("run", "elb-a1", "haproxy.sock")
+        deadline = time.monotonic() + 15
+        while instance_health(show_stat(sock)).get("node-a1", {}).get("state") != "InService":
+            assert time.monotonic() < deadline, instance_health(show_stat(sock))
+            time.sleep(0.2)
+        listening = nsenter(f"/proc/{elb_pid}/ns/net", "ss", "-ltn")
+        assert "172.20.64.5:9090" in listening and "172.20.64.5:9091" in listening
+
+        for listener, service in ((9090, "accounts"), (9091, "catalog")):
+            conn = client.connect(("172.20.64.5", listener))
+            try:
+                who = call(client_on_socket(conn, timeout=3), "whoami", [])
+            finally:
+                conn.close()
+            assert (who["service"], who["node"]) == (service, "node-a1")
+            assert who["client_ip"] == "172.20.64.5"  # HAProxy's own connection to the node
+        logs = docker.docker("logs", elb_container).stdout.decode()
+        assert "node-a1" in logs and "succeeded" in logs  # option log-health-checks: the check went green
+    finally:
+        stop.set()
+        for c in containers:
+            docker.docker("rm", "--force", c, check=False)
+        delete_netns(switch)
+        shutil.rmtree(lab.state.dir, ignore_errors=True)
+
+
+def plug(switch: Path, pid: int, ifname: str, address: str) -> None:
+    """A veth from the lab namespace's bridge to the container's eth0."""
+    with netns_iproute(str(switch)) as ipr:
+        ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": "eth0", "net_ns_fd": f"/proc/{pid}/ns/net"})
+        ipr.link("set", ifname=ifname, master=ipr.link_lookup(ifname="br0")[0], state="up")
+    with netns_iproute(f"/proc/{pid}/ns/net") as ipr:
+        index = ipr.link_lookup(ifname="eth0")[0]
+        ip, prefix = address.split("/")
+        ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
+        ipr.link("set", index=index, state="up")
