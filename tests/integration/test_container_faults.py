@@ -480,6 +480,7 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
 
     from lab.backends.kind import KindBackend
     from lab.haproxy_stats import instance_health, show_stat
+    from lab.load import LoadSpec, run_load
 
     docker, _ = engine
     if not HAPROXY.exists():
@@ -498,8 +499,10 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
         with netns_iproute(str(switch)) as ipr:
             ipr.link("set", ifname="lo", ifalias=f"lab:{lab.name}", state="up")
             ipr.link("add", ifname="br0", kind="bridge", state="up")
-            ipr.addr("add", index=ipr.link_lookup(ifname="br0")[0], address="172.20.63.254", prefixlen=16)
-        client = Host("apollo-1", "client", str(switch), ip="172.20.63.254")
+        client_pid = docker.run("lab-elbclient", IMAGE)  # the client tier: a container, as on kind
+        containers.append("lab-elbclient")
+        plug(switch, client_pid, "vclient", "172.20.63.254/16")
+        client = Host("apollo-1", "client", f"/proc/{client_pid}/ns/net", ip="172.20.63.254")
 
         node_pid = docker.run("lab-elbnode", IMAGE)
         containers.append("lab-elbnode")
@@ -543,6 +546,13 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
                 conn.close()
             assert (who["service"], who["node"]) == (service, "node-a1")
             assert who["client_ip"] == "172.20.64.5"  # HAProxy's own connection to the node
+        # The lab's load generator, its workers inside the client container's namespace, through the ELB node.
+        lab.__dict__["hosts"] = {"apollo-1": client, "elb-a1": Host("elb-a1", "elb", f"/proc/{elb_pid}/ns/net")}
+        load = run_load(lab, LoadSpec(service="catalog", rate=50, duration=2, target="elb-a1")).to_dict()
+        assert load["source"] == "apollo-1" and load["requests"] == load["scheduled"] == 100
+        assert load["outcomes"]["ok"] == 100, load["outcomes"]
+        backend_rows = [r for r in show_stat(sock) if r["pxname"] == "catalog" and r["svname"] == "node-a1"]
+        assert int(backend_rows[0]["stot"]) >= 1  # HAProxy's own count of sessions to the node
         logs = docker.docker("logs", elb_container).stdout.decode()
         assert "node-a1" in logs and "succeeded" in logs  # option log-health-checks: the check went green
     finally:
