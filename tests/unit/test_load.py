@@ -1,0 +1,185 @@
+"""lab.load without root: the schedule, outcome classes, the wire bytes, statistics, the spec's checks, and the
+worker engine against a real LabService server on this machine's loopback (no lab needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+from labservices.server import PodIdentity, listen_tcp, serve
+from typer.testing import CliRunner
+
+from lab.cli.app import app
+from lab.cli.commands import load as _load  # noqa: F401  registers the command
+from lab.errors import InputError
+from lab.load import outcomes, wire
+from lab.load.generator import LoadSpec
+from lab.load.schedule import Ramp
+from lab.load.stats import ClientSlice, encode, new_histogram, record, summary
+from lab.load.worker import Engine, WorkerSpec
+
+
+def test_constant_rate_schedule():
+    r = Ramp(rate=200, duration=5)
+    assert r.total == 1000
+    assert r.due(0) == 0 and r.due(200) == pytest.approx(1.0) and r.due(999) == pytest.approx(4.995)
+
+
+def test_linear_ramp_schedule():
+    r = Ramp(rate=100, duration=4, rate_end=300)
+    assert r.total == 800
+    dues = [r.due(k) for k in range(r.total)]
+    assert dues == sorted(dues) and dues[-1] < 4
+    per_second = [sum(1 for t in dues if s <= t < s + 1) for s in range(4)]
+    assert per_second == [125, 175, 225, 275]
+    down = Ramp(rate=300, duration=4, rate_end=0)
+    assert down.total == 600 and down.due(599) < 4
+    with pytest.raises(ValueError):
+        Ramp(rate=0, duration=1)
+
+
+@pytest.mark.parametrize(
+    ("exc", "connecting", "want"),
+    [
+        (TimeoutError(), True, "connect-timeout"),
+        (TimeoutError(), False, "read-timeout"),
+        (ConnectionRefusedError(111, "refused"), True, "connect-refused"),
+        (ConnectionResetError(104, "reset"), False, "reset"),
+        (outcomes.PeerClosed("eof"), False, "reset"),
+        (BrokenPipeError(32, "pipe"), False, "reset"),
+        (OSError(99, "Cannot assign requested address"), True, "other"),
+        (outcomes.BadReply(b"x"), False, "other"),
+    ],
+)
+def test_outcome_classes(exc, connecting, want):
+    assert outcomes.classify(exc, connecting)[0] == want
+
+
+def test_no_free_port_keeps_its_errno():
+    assert outcomes.classify(OSError(99, "x"), True) == ("other", "EADDRNOTAVAIL")
+
+
+def test_wire_bytes():
+    ping = wire.build_call("ping")
+    assert ping.request == b"\x80\x01\x00\x01\x00\x00\x00\x04ping\x00\x00\x00\x00\x00"
+    assert ping.reply == b"\x80\x01\x00\x02\x00\x00\x00\x04ping\x00\x00\x00\x00\x00"
+    echo = wire.build_call("echo", payload=1000)
+    assert len(echo.request) > 1000 and len(echo.reply) > 1000
+    assert wire.build_call("work", work_ms=7).reply.endswith(b"\x08\x00\x00\x00\x00\x00\x07\x00")
+    with pytest.raises(ValueError):
+        wire.build_call("whoami")
+
+
+def test_slices_merge_histograms_exactly():
+    a, b = ClientSlice(0, 1), ClientSlice(1, 2)
+    ha, hb = new_histogram(), new_histogram()
+    for ms in range(1, 101):
+        record(ha, ms / 1000)
+    record(hb, 2.0)
+    a.histograms["latency"], b.histograms["latency"] = encode(ha), encode(hb)
+    a.outcomes["ok"], b.outcomes["ok"], b.outcomes["reset"] = 100, 1, 3
+    m = ClientSlice.merged([a, b], 0, 2)
+    d = m.to_dict()
+    assert d["requests"] == 104 and d["outcomes"]["reset"] == 3
+    assert d["latency"]["count"] == 101 and d["latency"]["max_ms"] == pytest.approx(2000, rel=0.001)
+    assert d["latency"]["p50_ms"] == pytest.approx(51, rel=0.01)
+    assert summary(new_histogram()) == {"count": 0}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rate": 0}, "--rate must be > 0"),
+        ({"rate": -5}, "--rate must be > 0"),
+        ({"rate_end": -1}, "--rate-end must be >= 0"),
+        ({"duration": 0}, "--duration must be > 0"),
+        ({"connections": "sometimes"}, "choose pooled or per-request"),
+        ({"pool": 0}, "--pool must be >= 1"),
+        ({"method": "whoami"}, "--method 'whoami'"),
+        ({"via": "dns"}, "--via 'dns'"),
+        ({"timeout": 0}, "--timeout must be > 0"),
+    ],
+)
+def test_spec_checks(changes, message):
+    spec = LoadSpec(**{"service": "accounts", "rate": 10, "duration": 1, **changes})
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        spec.validate()
+
+
+def test_worker_count_scales_with_peak_rate():
+    assert LoadSpec(service="a", rate=100, duration=1).worker_count() == 1
+    assert LoadSpec(service="a", rate=100, rate_end=5000, duration=1).worker_count() == 2
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["load", "accounts", "--rate", "0", "--duration", "5"])
+    assert res.exit_code == 1 and res.output == "Error: --rate must be > 0 requests per second, got 0\n"
+    res = runner.invoke(app, ["load", "accounts", "--rate", "10", "--duration", "soon"])
+    assert res.exit_code == 1 and res.output.startswith("Error: --duration: expected a duration")
+    res = runner.invoke(app, ["load", "accounts", "--rate", "10", "--duration", "5", "-n", "nolab"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "lab 'nolab' is not up" in res.output
+
+
+# --- the engine against a real server on loopback ---
+
+
+@pytest.fixture
+def server():
+    listener = listen_tcp("127.0.0.1", 0, 128)
+    stop = threading.Event()
+    t = threading.Thread(target=serve, args=(listener, PodIdentity("svc", "pod-0")), kwargs={"stop": stop}, daemon=True)
+    t.start()
+    yield listener.getsockname()
+    stop.set()
+    t.join(timeout=5)
+    listener.close()
+
+
+def run_engine(addr, mode, rate=200, duration=1.0, call=None, timeout=1.0):
+    call = call or wire.build_call("ping")
+    spec = WorkerSpec(
+        index=0,
+        workers=1,
+        netns="",
+        targets=(addr,),
+        ramp=Ramp(rate, duration),
+        mode=mode,
+        pool=4,
+        connect_timeout=1.0,
+        timeout=timeout,
+        request=call.request,
+        reply=call.reply,
+    )
+    sent: list = []
+    engine = Engine(spec, sent.append, threading.Event(), threading.Event(), time.monotonic())
+    final = asyncio.run(engine.run())
+    totals: dict[str, int] = {}
+    for kind, _, _, payload in sent:
+        assert kind == "slice"
+        for k, v in payload["outcomes"].items():
+            totals[k] = totals.get(k, 0) + v
+    return final, totals, sent
+
+
+@pytest.mark.parametrize("mode", ["pooled", "per-request"])
+def test_engine_sends_the_schedule_and_checks_replies(server, mode):
+    final, totals, sent = run_engine(server, mode)
+    assert totals == {"ok": 200}
+    assert final["connections"] == (4 if mode == "pooled" else 200)
+    assert sum(p["scheduled"] for *_, p in sent) == 200
+    assert [idx for _, _, idx, _ in sent] == list(range(len(sent)))  # every slice, in order, none skipped
+
+
+def test_engine_classes_timeouts_and_refusals(server):
+    _, totals, _ = run_engine(server, "per-request", rate=20, call=wire.build_call("work", work_ms=300), timeout=0.05)
+    assert totals == {"read-timeout": 20}
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there now
+    _, totals, _ = run_engine(("127.0.0.1", port), "pooled", rate=20)
+    assert totals == {"connect-refused": 20}
