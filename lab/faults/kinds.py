@@ -458,8 +458,8 @@ def plan_misroute(lab: Lab, fid: int, target: str, p: MisrouteParams) -> Plan:
         return Plan(steps, notes=notes)
     if p.variant == "wrong-port":
         for node in _nodes(lab):  # every node answers on the check's port, broken or not
-            argv = ["@python", "-m", "lab.faults.responder", "--port", str(p.port), "--fault", str(fid)]
-            steps.append(Step("helper", node, {"argv": argv, "marker": ["lab.faults.responder", "--fault", str(fid)],
+            argv = ["@python", "-S", "@responder", "--port", str(p.port), "--fault", str(fid)]
+            steps.append(Step("helper", node, {"argv": argv, "marker": ["--port", str(p.port), "--fault", str(fid)],
                               "log": f"fault-{fid}-{node}.log"}))  # fmt: skip
         for elb in topo.elb_nodes:
             servers = [n.name for n in topo.elb_targets(elb)]

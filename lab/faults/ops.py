@@ -194,6 +194,17 @@ def helper_binary() -> str:
     return found
 
 
+def _program(word: str) -> str:
+    """Placeholders in a helper's argv, resolved on this machine when it starts."""
+    if word == "@nfqdelay":
+        return helper_binary()
+    if word == "@python":
+        return sys.executable
+    if word == "@responder":  # a stdlib-only script: run with -S, it starts in milliseconds
+        return str(Path(__file__).with_name("responder.py"))
+    return word
+
+
 class Helper(Op):
     """args: argv (the program, run inside the host's namespace), marker (argv words that identify it), log."""
 
@@ -204,10 +215,7 @@ class Helper(Op):
         running = find_helpers(host, step.args["marker"])
         if running:
             return {"pid": running[0]}
-        argv = [
-            helper_binary() if a == "@nfqdelay" else (sys.executable if a == "@python" else a)
-            for a in step.args["argv"]
-        ]
+        argv = [_program(a) for a in step.args["argv"]]
         log = lab.state.path("logs", step.args["log"])
         with open(log, "ab") as err:
             proc = host.popen(
@@ -349,6 +357,31 @@ def ct_flush_mark(host: Host, mark: int) -> None:
     host.in_netns(flush)
 
 
+def _conntrack_restore(host: Host, path: Path, fid: int, start: int, count: int) -> str:
+    """Insert filler entries start..start+count with parallel `conntrack -R` (one per core); the last error line."""
+    parts = max(1, min(os.cpu_count() or 1, 4)) if count >= 20_000 else 1
+    size = -(-count // parts)
+    procs, files = [], []
+    try:
+        for k in range(parts):
+            n = min(size, count - k * size)
+            if n <= 0:
+                break
+            f = path.with_suffix(f".{k}")
+            f.write_text(filler_lines(fid, n, start=start + k * size))
+            files.append(f)
+            procs.append(host.popen(["conntrack", "-R", str(f)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        errors = [p.communicate(timeout=120)[1].decode(errors="replace").strip() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in files:
+            f.unlink(missing_ok=True)
+    return next((e.splitlines()[-1] for e in errors if e), "")
+
+
 class ConntrackFill(Op):
     """args: fault, free | ceiling. Inserts filler entries so the namespace's own table is (nearly) full."""
 
@@ -374,16 +407,11 @@ class ConntrackFill(Op):
             want = max(0, want)
             if not want:
                 break
-            path.write_text(filler_lines(fid, want, start=inserted))
-            try:
-                proc = host.run(["conntrack", "-R", str(path)], check=False, timeout=120)
-            finally:
-                path.unlink(missing_ok=True)
+            err = _conntrack_restore(host, path, fid, inserted, want)
             inserted += want
             now, _ = ct_count(host)
             if now < count + inserted // 2:  # most inserts failed: not just the table filling up under us
-                err = (proc.stderr or "").strip().splitlines()
-                raise LabError(f"{step.host}: conntrack -R inserted too few entries: {err[-1] if err else 'no error'}")
+                raise LabError(f"{step.host}: conntrack -R inserted too few entries: {err or 'no error'}")
             want = (
                 (limit - step.args["ceiling"] - inserted) if "ceiling" in step.args else limit - now - step.args["free"]
             )

@@ -13,7 +13,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.faults.responder")
+    parser = argparse.ArgumentParser(prog="python -S responder.py")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fault", required=True, help="the fault that started it (finds it again on revert)")
     args = parser.parse_args(argv)

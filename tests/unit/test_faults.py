@@ -191,7 +191,7 @@ def test_misroute_variants(lab):
     local = plan(lab, "healthcheck-misroute", None, ["variant=local-no-endpoints"])
     assert local.steps[0].args == {"nodes": ["node-a1", "node-b1", "node-c1"], "local": ["catalog"]}
     wrong = lines(lab, "healthcheck-misroute", "node-a1", ["variant=wrong-port", "effect=drop"])
-    assert sum("lab.faults.responder --port 10256" in ln for ln in wrong) == 3
+    assert sum("responder --port 10256" in ln for ln in wrong) == 3
     assert "elb-a1: health check of node-a1 moved to port 10256" in wrong
     assert wrong[-1].endswith("--ctorigdstport 30090 -j DROP")
 
