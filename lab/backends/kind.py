@@ -431,18 +431,23 @@ class KindBackend:
             self._stop_lab_processes(state, clusters)
             for cluster in sorted(clusters):
                 if shutil.which("kind"):
-                    run(["kind", "delete", "cluster", "--name", cluster], timeout=300)
+                    kubeconfig = state.path("kubeconfig")  # only ours: never the user's ~/.kube/config
+                    extra = ["--kubeconfig", str(kubeconfig)] if kubeconfig.exists() else []
+                    run(["kind", "delete", "cluster", "--name", cluster, *extra], timeout=300)
                 nodes = docker("ps", "-aq", "--filter", f"label={KIND_CLUSTER_LABEL}={cluster}").split()
                 if nodes:  # kind missing, or it left some behind
                     docker("rm", "--force", "--volumes", *nodes, timeout=120)
                 removed.append(f"kind cluster {cluster}")
             mine = f"label={render.LABEL_LAB}={state.name}"
-            labelled = docker("ps", "-aq", "--filter", mine).split()
-            recorded = [e["name"] for e in state.recorded("container")]
-            existing = [c for c in recorded if docker("inspect", c, check=False)]
-            if labelled or existing:
-                docker("rm", "--force", *sorted(set(labelled) | set(existing)), timeout=120)
-                removed += [f"container {c}" for c in existing] or [f"{len(labelled)} containers"]
+            listed = docker("ps", "-a", "--no-trunc", "--filter", mine, "--format", "{{.ID}} {{.Names}}")
+            found = dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)  # full id -> name
+            for c in (e["name"] for e in state.recorded("container")):
+                cid = docker("inspect", "--format", "{{.Id}}", c, check=False).strip()
+                if cid:
+                    found[cid] = c  # full ids: one container, one removal
+            if found:
+                docker("rm", "--force", *sorted(found), timeout=120)
+                removed += [f"container {c}" for c in sorted(found.values())]
             networks = {e["name"] for e in state.recorded("docker-network")}
             networks |= set(docker("network", "ls", "-q", "--filter", mine).split())
             for net in sorted(networks):

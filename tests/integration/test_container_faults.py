@@ -573,3 +573,50 @@ def plug(switch: Path, pid: int, ifname: str, address: str) -> None:
         ip, prefix = address.split("/")
         ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
         ipr.link("set", index=index, state="up")
+
+
+# --- the kind backend's teardown on a real engine -----------------------------------------------------------------
+
+
+def test_kind_teardown_removes_what_the_journal_and_labels_name_and_stops_our_processes_inside(engine, monkeypatch):
+    """Containers standing in for a kind cluster's nodes (kind's own label) and for ELB/client containers (the
+    lab's label), a fault-helper-like process this machine started inside one of them; `kind` itself is
+    absent here, so destroy falls back to removing the cluster's labelled containers."""
+    from lab.backends.kind import KindBackend
+    from lab.state import LabState
+
+    docker, _ = engine
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{docker.socket}")
+    monkeypatch.setenv("PATH", ":".join(p for p in os.environ["PATH"].split(":") if not Path(p, "kind").exists()))
+    name = unique_lab_name("d")
+    names = kind.KindNames(name)
+    state = LabState(name)
+    state.create_dir()
+    state.record("kind-cluster", name=names.cluster)
+    state.record("container", name=names.container("elb-a1"))
+    node_pid = docker.run(f"{names.cluster}-worker", "--label", f"io.x-k8s.kind.cluster={names.cluster}", IMAGE)
+    docker.run(names.container("elb-a1"), "--label", f"{kind.LABEL_LAB}={name}", IMAGE)
+    docker.run(names.container("apollo-1"), "--label", f"{kind.LABEL_LAB}={name}", IMAGE)
+    orphan = unique_lab_name("d")
+    docker.run(f"lab-{orphan}-elb-a1", "--label", f"{kind.LABEL_LAB}={orphan}", IMAGE)
+    helper = Host("node-a1", "node", f"/proc/{node_pid}/ns/net").popen(["sleep", "300"])
+    try:
+        backend = KindBackend()
+        assert orphan in backend.orphans() and name not in backend.orphans()  # ours has a state directory
+
+        removed = backend.destroy(state)
+        assert f"kind cluster {names.cluster}" in removed
+        assert {f"container {names.container('elb-a1')}", f"container {names.container('apollo-1')}"} <= set(removed)
+        assert helper.wait(timeout=10) == -signal.SIGKILL  # it would have outlived the container
+        left = docker.docker("ps", "-a", "--format", "{{.Names}}").stdout.decode().split()
+        assert left == [f"lab-{orphan}-elb-a1"]
+        assert not state.dir.exists()
+        assert backend.destroy(state) == []  # idempotent
+
+        backend.destroy(LabState(orphan))
+        assert docker.docker("ps", "-aq").stdout.decode().split() == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            helper.kill()
+        helper.wait(timeout=5)
+        shutil.rmtree(state.dir, ignore_errors=True)
