@@ -179,7 +179,7 @@ class KindBackend:
         create, load, apply = render.cluster_commands(topo, lab.name, state.dir, image)
         progress(f"creating kind cluster {names.cluster}: 1 control plane + {len(topo.k8s_nodes)} workers (minutes)")
         state.record("kind-cluster", name=names.cluster)
-        run(create.argv, env=dict(create.env), timeout=render.READY_TIMEOUT_S + 300)
+        run(create.argv, env=dict(create.env), timeout=render.READY_TIMEOUT_S + 1200)  # may pull the node image
         progress("loading the service image into the nodes")
         run(load.argv, timeout=600)
 
