@@ -117,22 +117,24 @@ class Rsts:
         return lines
 
 
-def _invalid_run(lab) -> tuple[dict[str, int], int]:
-    """Pooled Thrift connections echoing 256 KiB through node-c1 under the fault: (load outcomes, RSTs seen).
-
-    node-c1 runs no accounts pod: its connections always take a second hop to the pod's node.
-    """
+def _invalid_run(lab, via: str = "node-c1", pool: int = 2) -> tuple[dict[str, int], int]:
+    """Pooled Thrift connections echoing 256 KiB through a node's NodePort under the fault: (load outcomes,
+    RSTs tcpdump saw in the pods). In the default topology node-c1 runs no accounts pod: its connections always
+    take a second hop to the pod's node."""
     pods = [p.name for p in lab.topology.pods_of("accounts")]
     faults.apply(lab, "conntrack-invalid", "accounts", ["rate=2%"])
     rsts = Rsts(lab, pods)
     try:
-        spec = LoadSpec(service="accounts", rate=15, duration=3, connections="pooled", pool=2, method="echo",
-                        payload=262144, via="node", target="node-c1", timeout=3.0)  # fmt: skip
+        spec = LoadSpec(service="accounts", rate=15, duration=3, connections="pooled", pool=pool, method="echo",
+                        payload=262144, via="node", target=via, timeout=3.0)  # fmt: skip
         result = run_load(lab, spec)
     finally:
         seen = rsts.stop()
     faults.revert(lab)
     return result.to_dict()["outcomes"], seen
+
+
+INVALID_DROP = r"-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"
 
 
 def test_invalid_segments_reset_connections_with_legacy_kube_proxy(make_lab):
@@ -147,22 +149,27 @@ def test_invalid_segments_reset_connections_with_legacy_kube_proxy(make_lab):
     assert_same(before, snapshot(lab))
 
 
-def test_modern_kube_proxy_drops_the_invalid_segments_instead(make_lab):
-    lab = make_lab()  # modern: KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
-    pod_nodes = {p.node for p in lab.topology.pods_of("accounts")}
-    counts, rsts = _invalid_run(lab)
+def test_modern_drop_rule_covers_the_second_hop_but_not_replies_to_the_node_itself(make_lab):
+    """Modern kube-proxy drops INVALID packets in FORWARD. Through a node without the pod the bad segment is
+    forwarded by the pod's node and dropped there; through the pod's own node the reply is addressed to that node
+    (SNAT), arrives on INPUT, and the node's RST still resets the connection. be_liberal=1 fixes both."""
+    lab = make_lab(overrides=["services.accounts.replicas=1"])
+    pod = lab.topology.pods_of("accounts")[0]
+    other = next(n.name for n in lab.topology.k8s_nodes if n.name != pod.node)
+    counts, rsts = _invalid_run(lab, via=other)
     assert counts["reset"] == 0 and counts["ok"] == sum(counts.values()), counts
     assert rsts == 0
-    dropped = sum(
-        rule_packets(lab, n, "filter", r"-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP") for n in pod_nodes
-    )
-    assert dropped > 0
+    assert rule_packets(lab, pod.node, "filter", INVALID_DROP) > 0
+    counts, rsts = _invalid_run(lab, via=pod.node, pool=4)
+    assert counts["reset"] > 0 and rsts > 0, counts
 
 
 def test_be_liberal_keeps_out_of_window_segments_valid(make_lab):
-    lab = make_lab(overrides=["kube_proxy.conntrack.tcp_be_liberal=true"])
-    invalid = ct_stat(lab, "node-c1", "invalid")
-    counts, rsts = _invalid_run(lab)
-    assert counts["reset"] == 0 and counts["ok"] == sum(counts.values()), counts
-    assert rsts == 0
-    assert ct_stat(lab, "node-c1", "invalid") == invalid
+    lab = make_lab(overrides=["kube_proxy.conntrack.tcp_be_liberal=true", "services.accounts.replicas=1"])
+    pod = lab.topology.pods_of("accounts")[0]
+    before = ct_stat(lab, pod.node, "invalid")
+    for via in ("node-c1" if pod.node != "node-c1" else "node-b1", pod.node):
+        counts, rsts = _invalid_run(lab, via=via)
+        assert counts["reset"] == 0 and counts["ok"] == sum(counts.values()), (via, counts)
+        assert rsts == 0
+    assert ct_stat(lab, pod.node, "invalid") == before
