@@ -162,7 +162,13 @@ def _conntrack_checks(a: _Sample, b: _Sample, fill: dict | None, interval: float
         ev = {"count": count, "max": cmax, "drop": drop, "drop_now": drop_now}
         cmd = f"{p}conntrack -C; {p}sysctl net.netfilter.nf_conntrack_max; {p}conntrack -S"
         if share >= CONNTRACK_CRIT:
-            dropping = "new SYNs are being dropped" if drop_now or share >= 0.999 else "new connections will be dropped"
+            free = cmax - count
+            if drop_now:
+                dropping = "new SYNs are being dropped"
+            elif free <= 0:
+                dropping = "the next new SYNs will be dropped"
+            else:
+                dropping = f"only {free} free entries: new SYNs are dropped as soon as they are used up"
             out.append(
                 Check(
                     "conntrack-full",

@@ -269,31 +269,40 @@ class _Walker:
                     "share": share,
                 }
             )
-        self.path.summary = _node_summary(self.path, self.svc.node_port)
 
 
-def _node_summary(path: NodePath, node_port: int) -> str:
-    head = f"A connection from outside to {path.node}:{node_port}"
+def _node_summary(path: NodePath, node_port: int, nodes: list[str]) -> str:
+    """The outcome in one paragraph; `nodes` share these rules (then pods are placed by name, not "this node")."""
+    alone = len(nodes) == 1
+    head = f"A connection from outside to {path.node}:{node_port}" if alone else (
+        f"A connection from outside to NodePort {node_port} of any of {', '.join(nodes)}"
+    )  # fmt: skip
     if path.dropped and not path.endpoints:
         return f"{head} is dropped ({path.dropped})."
     if not path.endpoints:
         return f"{head} matches no rule of this service."
     parts = []
     for ep in path.endpoints:
-        where = "this node" if ep["node"] == path.node else f"{ep['node']}"
-        if ep["az"] and ep["az"] != path.az:
-            where += f", {ep['az']}: another AZ"
+        if alone:
+            where = "this node" if ep["node"] == path.node else f"{ep['node']}"
+            if ep["az"] and ep["az"] != path.az:
+                where += f", {ep['az']}: another AZ"
+        else:
+            where = f"on {ep['node']}, {ep['az']}"
         parts.append(f"{ep['pod']} ({ep['address']}, {where}) with probability {ep['share']:.2f}")
     text = f"{head} goes to " + " or ".join(parts) + "."
     if path.masquerade:
-        text += f" Its source is rewritten to {path.node}'s address (SNAT), so replies come back through it."
+        whose = f"{path.node}'s" if alone else "the receiving node's"
+        text += f" Its source is rewritten to {whose} address (SNAT), so replies come back through it."
     else:
         text += " Its source is kept (no SNAT)."
     return text
 
 
-def explain(topo: Topology, service: str | None = None, node: str | None = None) -> dict[str, Any]:
-    """Everything `lab explain` shows, as data."""
+def explain(
+    topo: Topology, service: str | None = None, node: str | None = None, time_scale: float = 1.0
+) -> dict[str, Any]:
+    """Everything `lab explain` shows, as data (`time_scale`: a running lab's ELB timer scale)."""
     names = [s.name for s in topo.services]
     if service is not None and service not in names:
         raise InputError(f"unknown service '{service}'; services: {', '.join(names)}")
@@ -341,7 +350,7 @@ def explain(topo: Topology, service: str | None = None, node: str | None = None)
                 "checks_per_minute": round(checks * 60 / hc.interval, 1),
             },
         },
-        "elb_words": _elb_words(topo, plan, checked, checks),
+        "elb_words": _elb_words(topo, plan, checked, checks, time_scale),
         "services": [],
         "flavour": {"name": topo.kube_proxy.flavour, "words": FLAVOURS[topo.kube_proxy.flavour]},
         "other_flavour": {
@@ -377,10 +386,16 @@ def explain(topo: Topology, service: str | None = None, node: str | None = None)
                     }
                     for p in topo.pods_of(svc.name)
                 ],
-                "nodes": [{"nodes": [p.node for p in group], **group[0].to_json()} for group in groups.values()],
+                "nodes": [_group_json(group, svc.node_port) for group in groups.values()],
             }
         )
     return out
+
+
+def _group_json(group: list[NodePath], node_port: int) -> dict[str, Any]:
+    first = group[0]
+    first.summary = _node_summary(first, node_port, [p.node for p in group])
+    return {"nodes": [p.node for p in group], **first.to_json()}
 
 
 def _pod_json(topo: Topology, plan: NetworkPlan, pod: str, port: int) -> dict[str, str]:
@@ -388,7 +403,7 @@ def _pod_json(topo: Topology, plan: NetworkPlan, pod: str, port: int) -> dict[st
     return {"name": pod, "node": spec.node, "az": topo.node(spec.node).az, "address": f"{plan.ip(pod)}:{port}"}
 
 
-def _elb_words(topo: Topology, plan: NetworkPlan, checked: str | None, checks: int) -> list[str]:
+def _elb_words(topo: Topology, plan: NetworkPlan, checked: str | None, checks: int, scale: float) -> list[str]:
     elb, hc = topo.elb, topo.elb.health_check
     words = [
         f"{len(topo.elb_nodes)} ELB nodes ({', '.join(e.name for e in topo.elb_nodes)}), one DNS name: each client "
@@ -411,4 +426,9 @@ def _elb_words(topo: Topology, plan: NetworkPlan, checked: str | None, checks: i
         f"a BackendConnectionError.",
         f"The idle timeout is {elb.idle_timeout:g} s on both sides; TCP keep-alives do not reset it.",
     ]
+    if scale != 1.0:
+        words.append(
+            f"This running lab scales the ELB's timers by {scale:g}: a check every {hc.interval * scale:g} s, "
+            f"{hc.timeout * scale:g} s timeout (the kernel's TCP timers are not scaled)."
+        )
     return words

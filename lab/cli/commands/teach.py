@@ -80,8 +80,8 @@ def explain_cmd(
     from lab.teach.explain import explain
     from lab.teach.views import explain_view
 
-    topo = _topology(topology, overrides, name)
-    data = explain(topo, service, node)
+    topo, scale = _topology(topology, overrides, name)
+    data = explain(topo, service, node, scale)
     if json_out:
         print_json(data)
         return
@@ -93,18 +93,19 @@ def _topology(path: Path | None, overrides: list[str], name: str | None):
     from lab.errors import InputError, LabStateError
 
     if path is not None:
-        return lifecycle.load_topology(path, overrides)
+        return lifecycle.load_topology(path, overrides), 1.0
     if overrides:
         raise InputError("--set needs -t FILE (a running lab's topology is fixed)")
     try:
-        return Lab.load(name or default_lab_name()).topology
+        lab = Lab.load(name or default_lab_name())
+        return lab.topology, lab.time_scale
     except LabStateError:
         if name:
             raise
     default = Path("topologies/default.yaml")
     if not default.exists():
         default = Path(__file__).resolve().parents[3] / "topologies" / "default.yaml"
-    return lifecycle.load_topology(default, [])
+    return lifecycle.load_topology(default, []), 1.0
 
 
 @command(
