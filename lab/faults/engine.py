@@ -254,8 +254,14 @@ def status(lab: Lab, active_only: bool = False) -> list[dict[str, Any]]:
 
 
 def _expire_due(lab: Lab, store: FaultStore) -> None:
+    """Housekeeping under the lock: undo applies that were interrupted, revert faults whose time is up."""
+    records = store.load()
+    # Apply holds the lock until it ends, so a record still Applying here belongs to a process that died.
+    for rec in records:
+        if rec.state == APPLYING:
+            _revert(lab, store, [rec.id], "recovered: its apply was interrupted")
     now = time.time()
-    due = [r.id for r in store.load() if r.state == INJECTED and r.expires_at and r.expires_at <= now]
+    due = [r.id for r in records if r.state == INJECTED and r.expires_at and r.expires_at <= now]
     if due:
         _revert(lab, store, due, "duration")
 
