@@ -203,6 +203,7 @@ class KindBackend:
         for client, ip in render.client_ips(topo).items():
             state.record("container", name=names.container(client))
             run(render.client_command(topo, lab.name, client, ip, image).argv, timeout=120)
+        self.release_elbs(lab, [e.name for e in topo.elb_nodes])
         self._wait_elbs(lab)
 
     def prepare_elb(self, lab: Lab, elb: str) -> render.Command:
@@ -211,9 +212,22 @@ class KindBackend:
         inside, outside = render.haproxy_paths(lab.state.dir, elb)
         cfg_dir = lab.state.path("elb", elb)
         cfg_dir.mkdir(parents=True, exist_ok=True)
+        (cfg_dir / render.ELB_START_FILE).unlink(missing_ok=True)
         outside.stats_socket.parent.mkdir(parents=True, exist_ok=True)
         (cfg_dir / "haproxy.cfg").write_text(render_haproxy(lab.topology, lab.plan, spec, inside, lab.time_scale))
         return render.elb_command(lab.topology, lab.plan, lab.name, lab.state.dir, elb)
+
+    def release_elbs(self, lab: Lab, elbs: list[str]) -> None:
+        """Instrument each ELB node's namespace (lab.metrics' backend-connection accounting), then let its HAProxy
+        start, so counting starts at zero as on the netns backend."""
+        from lab.metrics.accounting import Instance, install
+
+        lab.__dict__.pop("hosts", None)  # the containers exist now
+        for name in elbs:
+            spec = next(e for e in lab.topology.elb_nodes if e.name == name)
+            targets = [Instance(n.name, str(lab.plan.ip(n.name))) for n in lab.topology.elb_targets(spec)]
+            install(lab.host(name), targets)
+            lab.state.path("elb", name, render.ELB_START_FILE).touch()
 
     def _map_nodes(self, lab: Lab) -> dict[str, str]:
         """Topology node -> kind node (= container) name, from the node label set in the kind config."""
@@ -417,7 +431,16 @@ class KindBackend:
         tmp = path.with_suffix(".tmp")  # same directory: the container sees the new file through its mount
         tmp.write_text(text)
         os.replace(tmp, path)
-        docker("restart", "--time", "1", render.KindNames(lab.name).container(elb), timeout=60)
+        # The container's loop restarts HAProxy in the same namespace; a container restart would make a new one.
+        running = haproxy_pids(lab.host(elb))
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + ELB_READY_TIMEOUT
+        while any(Path(f"/proc/{pid}").exists() for pid in running):
+            if time.monotonic() > deadline:
+                raise LabError(f"HAProxy of ELB node {elb} did not stop")
+            time.sleep(0.05)
         self._wait_elbs(lab, [elb])
 
     # --- teardown ---
@@ -557,6 +580,16 @@ def pod_views(topo: Any, deployments: list[dict[str, Any]], pods: list[dict[str,
             )
         views.append(view)
     return views
+
+
+def haproxy_pids(host: Host) -> list[int]:
+    """The HAProxy processes in an ELB node's namespace (this machine's pids of the container's processes)."""
+    out = []
+    for pid in pids_in_netns([host.netns]).get(host.netns, []):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy":
+                out.append(pid)
+    return out
 
 
 def setup_node(host: Host, sysctls: dict[str, str]) -> None:

@@ -62,6 +62,13 @@ HAPROXY_RUN = "/run/haproxy"  # stats socket and pid file, mounted from the lab'
 MAX_WORKERS = 20  # kind node containers each run a kubelet and containerd: more does not fit one machine
 MAX_PODS_PER_NODE = 100  # the kubelet's default limit is 110, a few go to kindnet and kube-proxy
 READY_TIMEOUT_S = 300
+ELB_START_FILE = "start"  # created in the ELB node's config directory once its namespace is instrumented
+# PID 1 of an ELB container: wait for the start file, then run HAProxy and restart it whenever it exits, so
+# a configuration change restarts HAProxy inside the same network namespace (its accounting rules stay).
+ELB_LOOP = (
+    f"until [ -e {HAPROXY_DIR}/{ELB_START_FILE} ]; do sleep 0.1; done; "
+    f"while :; do haproxy -db -f {HAPROXY_DIR}/haproxy.cfg; sleep 0.2; done"
+)
 
 
 @dataclass(frozen=True)
@@ -367,9 +374,9 @@ def elb_command(topo: Topology, plan: NetworkPlan, lab: str, state_dir: Path, el
             "--user", "0", "--restart", "unless-stopped",
             "--volume", f"{state_dir / 'elb' / elb}:{HAPROXY_DIR}:ro",
             "--volume", f"{state_dir / 'run' / elb}:{HAPROXY_RUN}",
-            HAPROXY_IMAGE, "haproxy", "-db", "-f", f"{HAPROXY_DIR}/haproxy.cfg",
+            HAPROXY_IMAGE, "sh", "-c", ELB_LOOP,
         ),
-        f"ELB node {elb} ({az}): HAProxy on its plan address",
+        f"ELB node {elb} ({az}): HAProxy on its plan address, started once the lab's accounting is in place",
     )  # fmt: skip
 
 
@@ -477,6 +484,10 @@ def plan_text(
     for client, ip in client_ips(topo).items():
         c = client_command(topo, lab, client, ip, image)
         out += [f"# {c.why}", c.text()]
+    out += [
+        "# in each ELB node's namespace: the backend-connection accounting rules (lab.metrics), then",
+        f"#   touch {state_dir}/elb/<elb>/{ELB_START_FILE}  (HAProxy starts; a config change restarts it in place)",
+    ]
     out += ["", "## lab down"]
     out += destroy_text(lab)
     out += [

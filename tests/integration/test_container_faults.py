@@ -452,7 +452,7 @@ HAPROXY = Path("/usr/sbin/haproxy")
 
 def haproxy_image(docker: PrivateDocker) -> str:
     """This machine's HAProxy (the netns backend's) and its libraries as an image: no registry needed."""
-    image = "lab-test/haproxy:local"
+    image = "lab-test/haproxy-sh:local"
     if docker.docker("image", "inspect", image, check=False).returncode == 0:
         return image
     libs = [ln.split("=>")[-1].split("(")[0].strip() for ln in subprocess.run(
@@ -464,6 +464,11 @@ def haproxy_image(docker: PrivateDocker) -> str:
             info.type, info.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(info)
         tar.add(HAPROXY, arcname="usr/sbin/haproxy")
+        tar.add(BUSYBOX, arcname="bin/busybox")  # the container's start loop is a shell script
+        for applet in ("sh", "sleep", "cat"):
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
         for lib in libs:
             if lib.startswith("/"):
                 tar.add(lib, arcname=lib.lstrip("/"))
@@ -478,9 +483,10 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
     from labservices.client import call, client_on_socket
     from labservices.server import PodIdentity, serve
 
-    from lab.backends.kind import KindBackend
+    from lab.backends.kind import KindBackend, haproxy_pids
     from lab.haproxy_stats import instance_health, show_stat
     from lab.load import LoadSpec, run_load
+    from lab.metrics.accounting import read_counts
 
     docker, _ = engine
     if not HAPROXY.exists():
@@ -519,15 +525,16 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
         at = argv.index("--network")
         del argv[at : at + 4]  # --network lab-<lab> --ip <plan address>: a Docker network would be a bridge here
         argv[argv.index(kind.HAPROXY_IMAGE)] = image
-        # On kind, Docker gives the container its plan address before HAProxy starts; here the veth comes just
-        # after, so HAProxy may bind the address before it exists.
-        nonlocal_bind = ("--sysctl", "net.ipv4.ip_nonlocal_bind=1")
-        docker.docker(*argv[1:3], "--network", "none", *nonlocal_bind, "--label", LABEL, *argv[3:])
+        docker.docker(*argv[1:3], "--network", "none", "--label", LABEL, *argv[3:])
         elb_container = kind.KindNames(lab.name).container("elb-a1")
         containers.append(elb_container)
         elb_pid = int(docker.docker("inspect", "--format", "{{.State.Pid}}", elb_container).stdout.decode())
         plug(switch, elb_pid, "velb", "172.20.64.5/16")
+        assert not (show_stat_or_none(backend.elb_stats_socket(lab, "elb-a1")))  # HAProxy waits for the lab
 
+        backend.release_elbs(lab, ["elb-a1"])  # the ELB node's namespace instrumented, then HAProxy starts
+        assert lab.host("elb-a1").netns == f"/proc/{elb_pid}/ns/net"  # the backend's own handle
+        assert "-j LAB-ELB-ATTEMPTS" in nsenter(f"/proc/{elb_pid}/ns/net", "iptables-save", "-t", "filter")
         backend._wait_elbs(lab, ["elb-a1"])  # through the stats socket, from this machine
         sock = backend.elb_stats_socket(lab, "elb-a1")
         assert sock == lab.state.path("run", "elb-a1", "haproxy.sock")
@@ -553,6 +560,20 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
         assert load["outcomes"]["ok"] == 100, load["outcomes"]
         backend_rows = [r for r in show_stat(sock) if r["pxname"] == "catalog" and r["svname"] == "node-a1"]
         assert int(backend_rows[0]["stot"]) >= 1  # HAProxy's own count of sessions to the node
+        counts = read_counts(lab.host("elb-a1"), {"node-a1": "172.20.64.16"})["node-a1"]
+        # The kernel counted every backend connect: the load's pooled connections, both whoami, the checks.
+        assert counts.attempts >= load["connections_opened"] + 2 and counts.attempts == counts.established
+
+        # A configuration change (what the ELB idle-timeout fault does) restarts HAProxy in the same namespace.
+        before = haproxy_pids(lab.host("elb-a1"))
+        text = backend.elb_config(lab, "elb-a1").replace("timeout client 6000ms", "timeout client 2000ms")
+        backend.set_elb_config(lab, "elb-a1", text)
+        assert haproxy_pids(lab.host("elb-a1")) and set(haproxy_pids(lab.host("elb-a1"))).isdisjoint(before)
+        inside = docker.docker("exec", elb_container, "cat", f"{kind.HAPROXY_DIR}/haproxy.cfg").stdout.decode()
+        assert "timeout client 2000ms" in inside
+        assert "-j LAB-ELB-ATTEMPTS" in nsenter(f"/proc/{elb_pid}/ns/net", "iptables-save", "-t", "filter")
+        conn = client.connect(("172.20.64.5", 9090))
+        conn.close()
         logs = docker.docker("logs", elb_container).stdout.decode()
         assert "node-a1" in logs and "succeeded" in logs  # option log-health-checks: the check went green
     finally:
@@ -561,6 +582,16 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
             docker.docker("rm", "--force", c, check=False)
         delete_netns(switch)
         shutil.rmtree(lab.state.dir, ignore_errors=True)
+
+
+def show_stat_or_none(sock: Path) -> list | None:
+    from lab.errors import LabError
+    from lab.haproxy_stats import show_stat
+
+    try:
+        return show_stat(sock)
+    except LabError:
+        return None
 
 
 def plug(switch: Path, pid: int, ifname: str, address: str) -> None:
