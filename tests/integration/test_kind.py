@@ -25,7 +25,7 @@ from lab.render import kind
 from tests.conftest import TOPOLOGIES, unique_lab_name
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-PULL_TIMEOUT = 900
+PULL_TIMEOUT = 300
 
 
 def _missing() -> str | None:
