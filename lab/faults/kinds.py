@@ -67,6 +67,8 @@ class LinkParams(Delay):
             raise ValueError("bandwidth must be between 8kbit and 100gbit")
         if not (self.delay or self.loss or self.bandwidth or self.partition):
             raise ValueError("give at least one of delay, loss, bandwidth, partition")
+        if self.partition and (self.delay or self.loss or self.bandwidth):
+            raise ValueError("partition drops everything: give it alone")
         return self
 
 
@@ -215,9 +217,8 @@ def _nfq_helper(fid: int, host: str, p: Delay) -> Step:
 
 
 def _netem(p: Delay, bandwidth: int | None) -> list[dict[str, Any]]:
+    # netem itself reorders packets when jitter exceeds their spacing: reorder=off is a promise of nfqueue only.
     netem = {"delay": _us(p.delay / 2), "jitter": _us(p.jitter / 2)}
-    if p.reorder and p.jitter:
-        netem["prob_reorder"] = 0  # netem reorders by itself when jitter exceeds the packet gap
     if bandwidth is None:
         return [{"kind": "netem", "parent": "root", "handle": "1ab:", "params": netem}]
     return [_tbf(bandwidth), {"kind": "netem", "parent": "1ab:1", "handle": "1ac:", "params": netem}]

@@ -138,7 +138,7 @@ class IptablesChain(Op):
 # --- helper processes living in a lab namespace ---------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> list[str]:
+def cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
@@ -150,7 +150,7 @@ def find_helpers(host: Host, marker: list[str]) -> list[int]:
     pids = pids_in_netns([host.netns]).get(host.netns, [])
     out = []
     for pid in pids:
-        cmd = _cmdline(pid)
+        cmd = cmdline(pid)
         if all(m in cmd for m in marker):
             out.append(pid)
     return out

@@ -74,6 +74,7 @@ def test_params_parse_durations_and_flags():
         (["delay"], "fault link: parameter 'delay' is not KEY=VALUE"),
         ([], "fault link: give at least one of delay, loss, bandwidth, partition"),
         (["bandwidth=1bit"], "fault link: bandwidth must be between 8kbit and 100gbit"),
+        (["partition=on", "loss=1%"], "fault link: partition drops everything: give it alone"),
     ],
 )
 def test_bad_params_are_one_clear_line(params, message):
