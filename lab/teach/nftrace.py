@@ -12,6 +12,7 @@ the rules line up with `iptables-save -c` and with what kube-proxy wrote. Works 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 import shutil
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lab.errors import EnvironmentProblem, LabError
@@ -207,6 +209,18 @@ def ruleset(table: str, ports: Iterable[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def remove_stale_tables(host: Host) -> list[str]:
+    """Delete trace tables left by a trace that was killed (its process is gone); returns their names."""
+    listing = host.run(["nft", "list", "tables", "ip"], check=False).stdout
+    stale = []
+    for name in re.findall(rf"^table ip ({TABLE_PREFIX}(\d+)_\w+)$", listing, flags=re.M):
+        table, pid = name
+        if not Path(f"/proc/{pid}").exists():
+            host.run(["nft", "delete", "table", "ip", table], check=False)
+            stale.append(table)
+    return stale
+
+
 def check_tools() -> None:
     missing = [t for t in ("nft", "xtables-monitor") if shutil.which(t) is None]
     if missing:
@@ -225,7 +239,7 @@ class TraceCapture:
     def __init__(self, host: Host, ports: Iterable[int]):
         self.host = host
         self.ports = sorted(set(ports))
-        self.table = TABLE_PREFIX + secrets.token_hex(4)
+        self.table = f"{TABLE_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"  # the pid tells stale tables apart
         self._proc: subprocess.Popen | None = None
         self._lines: list[str] = []
         self._cond = threading.Condition()
@@ -248,6 +262,7 @@ class TraceCapture:
     def start(self) -> None:
         """Install the trace table and start the monitor (call barrier() before relying on it)."""
         check_tools()
+        remove_stale_tables(self.host)
         self.host.run(["nft", "-f", "-"], input=ruleset(self.table, self.ports))
         self._installed = True
         self._proc = self.host.popen(

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,14 @@ def test_trace_cli_json_mermaid_and_diagram(make_lab, tmp_path):
     assert [h["kind"] for h in data["hops"]][:2] == ["client", "node"]
     text = svg.read_text()
     assert "<svg" in text and "us-east-1c" in text
+
+
+def test_a_trace_table_left_by_a_killed_trace_is_removed_by_the_next_trace(make_lab):
+    lab = make_lab()
+    dead = next(pid for pid in range(4_000_000, 4_194_304) if not Path(f"/proc/{pid}").exists())  # no such process
+    stale = f"lab_trace_{dead}_abcdef"
+    in_host(lab.name, "node-a1", "nft", "add", "table", "ip", stale)
+    assert stale in in_host(lab.name, "node-a1", "nft", "list", "tables")
+    result = trace(lab, "catalog", "node", target="node-a1")
+    assert result.ok, result.error
+    assert_nothing_left(lab)
