@@ -20,7 +20,8 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="A network lab for the ELB -> NodePort -> kube-proxy -> pod path, in network namespaces.",
 )
-console = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, files) gets wide tables instead of an 80-column wrap.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 180)
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -30,8 +31,9 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def command(*args: Any, **kwargs: Any) -> Callable:
-    """app.command, plus the error boundary: expected failures become one `Error:` line and exit 1."""
+def command(*args: Any, on: typer.Typer | None = None, **kwargs: Any) -> Callable:
+    """app.command (or `on`'s, for a sub-command group), plus the error boundary: expected failures
+    become one `Error:` line and exit 1."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -44,7 +46,7 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                 print("Interrupted.", file=sys.stderr, flush=True)
                 raise typer.Exit(130) from None
 
-        app.command(*args, **kwargs)(wrapper)
+        (on or app).command(*args, **kwargs)(wrapper)
         return fn
 
     return register

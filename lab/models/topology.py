@@ -114,6 +114,9 @@ class Conntrack(Strict):
     min: int = Field(131072, ge=0)
     tcp_timeout_established: Duration = 86400.0
     tcp_timeout_close_wait: Duration = 3600.0
+    tcp_timeout_time_wait: Duration = Field(
+        120.0, description="The kernel's default; a quick run may shrink it to keep table occupancy in scale"
+    )
     tcp_be_liberal: bool = False
 
 

@@ -211,6 +211,9 @@ def build_plan(topo: Topology) -> NetworkPlan:
         sysctls.append(
             (node.name, "net.netfilter.nf_conntrack_tcp_timeout_close_wait", str(int(ct.tcp_timeout_close_wait)))
         )
+        sysctls.append(
+            (node.name, "net.netfilter.nf_conntrack_tcp_timeout_time_wait", str(int(ct.tcp_timeout_time_wait)))
+        )
         sysctls.append((node.name, "net.netfilter.nf_conntrack_tcp_be_liberal", "1" if ct.tcp_be_liberal else "0"))
 
     # Pods: eth0 in the pod, a veth in the node on cbr0.

@@ -1,0 +1,155 @@
+"""The scenario file: one hypothesis replayed as a timeline of phases, with expected signatures. No I/O."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lab.models.common import Duration, Name, Strict
+
+PhaseKind = Literal["idle", "ramp", "steady", "recovery"]
+Stat = Literal["per_minute", "sum", "mean", "max", "min", "last", "value"]
+Op = Literal["<", "<=", ">", ">=", "==", "!="]
+OBSERVATIONS = ("O1", "O2", "O3", "O4", "O5")
+
+
+class TopologyRef(Strict):
+    file: str = Field(description="Topology YAML, relative to the scenario file or to topologies/")
+    set: list[str] = Field(default_factory=list, description="Overrides, KEY=VALUE, as `lab up --set`")
+
+
+class Workload(Strict):
+    service: Name
+    rate: float = Field(gt=0, le=100000, description="Requests per second (open loop)")
+    rate_end: float | None = Field(None, gt=0, le=100000, description="Ramp: the rate at the end of the phase")
+    connections: Literal["per-request", "pooled"] = "per-request"
+    pool: int = Field(8, ge=1, le=4096)
+    connect_timeout: Duration = 1.0
+    timeout: Duration = 2.0
+    method: Literal["ping", "echo", "work"] = "ping"
+    payload: int = Field(0, ge=0, le=16 * 1024 * 1024, description="echo: bytes; work: milliseconds")
+    via: Literal["elb", "node", "pod"] = "elb"
+
+
+class FaultStep(Strict):
+    kind: str = Field(description="A fault kind (lab fault list)")
+    target: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    at: Duration = Field(0.0, description="Applied this long after the phase starts")
+    for_: Duration | None = Field(None, alias="for", description="Reverted after this long (default: see until)")
+    until: Literal["phase-end", "scenario-end"] = Field(
+        "phase-end", description="Without `for`: revert at the end of this phase or of the whole scenario"
+    )
+
+    model_config = Strict.model_config | {"populate_by_name": True}
+
+
+class Phase(Strict):
+    name: Name
+    kind: PhaseKind
+    duration: Duration
+    load: Workload | None = None
+    faults: list[FaultStep] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Phase:
+        if self.duration <= 0:
+            raise ValueError("@duration: a phase must last more than 0 s")
+        if self.kind in ("idle", "recovery") and self.load is not None:
+            raise ValueError(f"@load: an {self.kind} phase has no workload; use steady or ramp")
+        if self.kind in ("steady", "ramp") and self.load is None:
+            raise ValueError(f"@load: a {self.kind} phase needs a workload")
+        if self.kind == "ramp" and (self.load is None or self.load.rate_end is None):
+            raise ValueError("@load.rate_end: a ramp phase needs rate_end")
+        for i, fault in enumerate(self.faults):
+            if fault.at >= self.duration:
+                raise ValueError(f"@faults[{i}].at: {fault.at:g}s is not inside the {self.duration:g}s phase")
+        return self
+
+
+class MetricRef(Strict):
+    """One number taken from a run: a metric over a phase, summarised by a statistic."""
+
+    metric: str = Field(description="A recorded metric, e.g. elb.BackendConnectionErrors (lab scenario metrics)")
+    phase: Name
+    stat: Stat | None = Field(None, description="per_minute|sum (counters), mean|max|min|last (gauges), value")
+    variant: Name | None = Field(None, description="Which variant's run (default: every variant)")
+
+
+class Expectation(MetricRef):
+    op: Op | None = None
+    value: float | None = None
+    between: tuple[float, float] | None = None
+    of: MetricRef | None = Field(None, description="Ratio: this metric divided by `of` (e.g. 9 vs 3 instances)")
+    why: str = ""
+
+    @model_validator(mode="after")
+    def _predicate(self) -> Expectation:
+        if (self.op is None) == (self.between is None):
+            raise ValueError("an expectation needs either op+value or between: [low, high]")
+        if self.op is not None and self.value is None:
+            raise ValueError("@value: op needs a value")
+        if self.between is not None and self.between[0] > self.between[1]:
+            raise ValueError("@between: low must not exceed high")
+        return self
+
+
+class Scenario(Strict):
+    """One hypothesis, replayed end to end."""
+
+    title: str = Field(min_length=3)
+    hypothesis: str = Field(min_length=10, description="What this scenario claims explains the seed's graphs")
+    signature: str = Field("", description="What the hypothesis predicts the graphs look like")
+    observations: list[Literal["O1", "O2", "O3", "O4", "O5"]] = Field(
+        default_factory=list, description="Seed observations this hypothesis claims to explain"
+    )
+    topology: TopologyRef
+    variants: dict[Name, list[str]] = Field(
+        default_factory=dict, description="Run the timeline once per variant, each with these extra overrides"
+    )
+    quick: QuickSettings | None = None
+    phases: list[Phase] = Field(min_length=1)
+    expect: list[Expectation] = Field(default_factory=list)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        if len(value) == 1:
+            raise ValueError("declare at least two variants (or none)")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError("@phases: phase names must be unique")
+        for i, exp in enumerate(self.expect):
+            for where, ref in (("", exp), (".of", exp.of)):
+                if ref is None:
+                    continue
+                if ref.phase not in names:
+                    raise ValueError(
+                        f"@expect[{i}]{where}.phase: unknown phase '{ref.phase}' (phases: {', '.join(names)})"
+                    )
+                if ref.variant is not None and ref.variant not in self.variants:
+                    known = ", ".join(self.variants) or "none declared"
+                    raise ValueError(f"@expect[{i}]{where}.variant: unknown variant '{ref.variant}' ({known})")
+        return self
+
+    @property
+    def duration(self) -> float:
+        return sum(p.duration for p in self.phases)
+
+    def variant_names(self) -> list[str]:
+        return list(self.variants) or ["default"]
+
+
+class QuickSettings(Strict):
+    """How `--quick` runs this scenario: its own time scale and extra overrides (e.g. a smaller table)."""
+
+    time_scale: float = Field(0.1, gt=0, le=1)
+    set: list[str] = Field(default_factory=list)
+
+
+Scenario.model_rebuild()

@@ -1,0 +1,1 @@
+"""Scenarios: replay a hypothesis on its own lab, judge it against the seed, report."""

@@ -1,0 +1,190 @@
+"""Judge recorded runs: the scenario's own expectations, and the seed's observations O1-O5. Pure.
+
+The observations (../shared/DOMAIN.md) as checks on recorded metrics:
+  O1 idle ELB: a BackendConnectionErrors floor that grows with the number of instances;
+  O2 under load: most backend connections fail (the seed: ~10% succeed);
+  O3 after traffic moves away: the errors stay at a floor with no client connections;
+  O4 clients see timeouts and higher latency;
+  O5 the same ELB in front of healthy instances: ~0 BackendConnectionErrors.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from lab.models.scenario import Expectation, MetricRef
+from lab.scenarios.loader import LoadedScenario
+from lab.scenarios.metrics import CATALOG, statistic
+
+OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+# O4: the healthy lab path answers in a few ms; these are far outside it.
+SLOW_P99_MS = 200.0
+TIMEOUT_RATIO = 0.001
+
+
+def measure(ref: MetricRef, run: dict[str, Any], scale: float) -> float | None:
+    metric = CATALOG[ref.metric]
+    phase = next(p for p in run["phases"] if p["name"] == ref.phase)
+    return statistic(
+        metric,
+        ref.stat or metric.default_stat,
+        run["intervals"],
+        phase["t_start"],
+        phase["t_end"],
+        scale,
+        phase.get("load"),
+    )
+
+
+def describe(exp: Expectation) -> str:
+    def one(ref: MetricRef) -> str:
+        metric = CATALOG[ref.metric]
+        where = f" of {ref.variant}" if ref.variant else ""
+        return f"{ref.metric} {ref.stat or metric.default_stat} during {ref.phase}{where}"
+
+    lhs = one(exp) if exp.of is None else f"{one(exp)} / {one(exp.of)}"
+    rhs = f"{exp.op} {exp.value:g}" if exp.op else f"between {exp.between[0]:g} and {exp.between[1]:g}"
+    return f"{lhs} {rhs}"
+
+
+def check_expectation(exp: Expectation, runs: dict[str, dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """One verdict per run the expectation applies to (its variant, else every variant)."""
+    targets = [exp.variant] if exp.variant else list(runs)
+    out = []
+    for variant in targets:
+        value = measure(exp, runs[variant], scale)
+        if exp.of is not None and value is not None:
+            denom = measure(exp.of, runs[exp.of.variant or variant], scale)
+            value = None if not denom else value / denom
+        if value is None:
+            passed = False
+        elif exp.op:
+            passed = OPS[exp.op](value, exp.value)
+        else:
+            passed = exp.between[0] <= value <= exp.between[1]
+        text = describe(exp) + (f" [{variant}]" if len(targets) > 1 or (exp.variant is None and len(runs) > 1) else "")
+        out.append({"text": text, "measured": value, "passed": passed, "why": exp.why or ""})
+    return out
+
+
+def evaluate(loaded: LoadedScenario, runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    by_variant = {r["variant"]: r for r in runs}
+    verdicts = [v for exp in loaded.scenario.expect for v in check_expectation(exp, by_variant, scale)]
+    return {"expectations": verdicts, "observations": observations(runs, scale, loaded.scenario.observations)}
+
+
+# --- the seed's observations -------------------------------------------------------------------------------
+
+
+def _stat(run: dict[str, Any], metric: str, phase: dict[str, Any], scale: float, stat: str | None = None):
+    m = CATALOG[metric]
+    return statistic(
+        m, stat or m.default_stat, run["intervals"], phase["t_start"], phase["t_end"], scale, phase.get("load")
+    )
+
+
+def _first(run: dict[str, Any], kinds: tuple[str, ...], after_load: bool = False) -> dict[str, Any] | None:
+    seen_load = False
+    for p in run["phases"]:
+        if p["kind"] in ("steady", "ramp"):
+            seen_load = True
+        if p["kind"] in kinds and (seen_load or not after_load):
+            return p
+    return None
+
+
+def observations(runs: list[dict[str, Any]], scale: float, claims: list[str]) -> dict[str, dict[str, Any]]:
+    out = {"O1": _o1(runs, scale), "O2": _o2(runs, scale), "O3": _o3(runs, scale), "O4": _o4(runs, scale)}
+    # O5 is about a healthy ELB path: only a control scenario (one that claims it) can speak to it.
+    out["O5"] = _o5(runs, scale) if "O5" in claims else {"reproduced": None, "figure": "not a control scenario"}
+    return out
+
+
+def _o1(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    floors = []
+    for run in runs:
+        idle = _first(run, ("idle",))
+        if idle is None:
+            return {"reproduced": None, "figure": "no idle phase"}
+        floors.append((run["instances"], _stat(run, "elb.BackendConnectionErrors", idle, scale) or 0.0, run["variant"]))
+    text = ", ".join(f"{f:.0f}/min with {n} instances" for n, f, _ in floors)
+    if any(f <= 0 for _, f, _ in floors):
+        return {"reproduced": False, "figure": text}
+    sizes = sorted({n for n, _, _ in floors})
+    if len(sizes) < 2:
+        return {"reproduced": None, "figure": f"{text}; proportionality not tested (one size)"}
+    (n_lo, f_lo, _), (n_hi, f_hi, _) = min(floors), max(floors)
+    ratio, want = f_hi / f_lo, n_hi / n_lo
+    ok = abs(ratio / want - 1) <= 0.25
+    return {"reproduced": ok, "figure": f"{text} (x{ratio:.2f} for x{want:.2f} instances)"}
+
+
+def _o2(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    worst = None
+    for run in runs:
+        for p in run["phases"]:
+            if p["kind"] not in ("steady", "ramp"):
+                continue
+            ok = _stat(run, "elb.RequestCount", p, scale, "sum") or 0
+            bad = _stat(run, "elb.BackendConnectionErrors", p, scale, "sum") or 0
+            if ok + bad == 0:
+                continue
+            share = ok / (ok + bad)
+            if worst is None or share < worst[0]:
+                worst = (share, ok, bad, p["name"])
+    if worst is None:
+        return {"reproduced": None, "figure": "no load phase"}
+    share, ok, bad, name = worst
+    return {
+        "reproduced": 0 < share < 0.5,  # the seed: ~10% succeed (some, not none)
+        "figure": f"{share:.0%} of backend connections succeeded during {name} ({ok:.0f} made, {bad:.0f} errors)",
+    }
+
+
+def _o3(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    figures, verdicts = [], []
+    for run in runs:
+        after = _first(run, ("recovery", "idle"), after_load=True)
+        if after is None:
+            continue
+        half = {**after, "t_start": (after["t_start"] + after["t_end"]) / 2}  # past any in-flight connections
+        floor = _stat(run, "elb.BackendConnectionErrors", half, scale) or 0.0
+        requests = _stat(run, "client.requests", half, scale, "sum") or 0
+        verdicts.append(floor > 0 and requests == 0)
+        figures.append(f"{floor:.0f}/min during {after['name']} with {requests:.0f} client requests")
+    if not verdicts:
+        return {"reproduced": None, "figure": "no idle or recovery phase after load"}
+    return {"reproduced": all(verdicts), "figure": "; ".join(figures)}
+
+
+def _o4(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    best = None
+    for run in runs:
+        for p in run["phases"]:
+            load = p.get("load")
+            if not load or not load.get("requests"):
+                continue
+            timeouts = _stat(run, "client.timeout_ratio", p, scale) or 0.0
+            p99 = _stat(run, "client.latency_p99_ms", p, scale) or 0.0
+            if best is None or (timeouts, p99) > (best[0], best[1]):
+                best = (timeouts, p99, p["name"])
+    if best is None:
+        return {"reproduced": None, "figure": "no load phase"}
+    timeouts, p99, name = best
+    return {
+        "reproduced": timeouts >= TIMEOUT_RATIO and p99 >= SLOW_P99_MS,
+        "figure": f"{timeouts:.1%} timeouts, p99 {p99:.0f} ms during {name}",
+    }
+
+
+def _o5(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    if any(p.get("faults") for run in runs for p in run["phases"]):
+        return {"reproduced": None, "figure": "the scenario injects a fault"}
+    total, minutes = 0.0, 0.0
+    for run in runs:
+        for p in run["phases"]:
+            total += _stat(run, "elb.BackendConnectionErrors", p, scale, "sum") or 0
+            minutes += (p["t_end"] - p["t_start"]) / scale / 60
+    rate = total / minutes if minutes else 0.0
+    return {"reproduced": rate < 1.0, "figure": f"{rate:.1f} errors/min over {minutes:.0f} ELB minutes"}

@@ -1,0 +1,228 @@
+"""Run a scenario: per variant, bring a lab up, play the phases (load, faults at t for d), record, tear down.
+
+Every run writes one JSON-lines journal: the recorder's header and samples plus what was applied when
+(events) and, after evaluation, every verdict. Faults are always reverted and the lab always removed,
+also on Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import faults, lifecycle
+from lab.errors import LabError
+from lab.lab import Lab
+from lab.load import LoadRun, LoadSpec
+from lab.metrics import Recorder
+from lab.models.scenario import Phase
+from lab.scenarios.evaluate import evaluate
+from lab.scenarios.loader import LoadedScenario
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    report_dir: Path
+    time_scale: float = 1.0
+    quick: bool = False
+    extra_set: list[str] = field(default_factory=list)
+    label: str = ""  # e.g. "[nodes_per_az=3]" when the matrix varies a setting
+    lab_prefix: str = "s"
+    interval: float | None = None
+
+    def scale_for(self, loaded: LoadedScenario) -> float:
+        if self.quick and loaded.scenario.quick:
+            return min(self.time_scale, loaded.scenario.quick.time_scale)
+        return self.time_scale
+
+
+def run_scenario(loaded: LoadedScenario, opts: RunOptions, progress: Progress = lambda _m: None) -> dict[str, Any]:
+    """Run every variant of a scenario and evaluate it; returns the scenario's entry for results.json."""
+    scn = loaded.scenario
+    scale = opts.scale_for(loaded)
+    sid = loaded.id + opts.label
+    started = time.time()
+    entry: dict[str, Any] = {
+        "id": sid,
+        "file": str(loaded.path),
+        "title": scn.title,
+        "hypothesis": " ".join(scn.hypothesis.split()),
+        "signature": " ".join(scn.signature.split()),
+        "claims": list(scn.observations),
+        "time_scale": scale,
+        "runs": [],
+        "status": "error",
+        "error": None,
+    }
+    try:
+        for variant in scn.variant_names():
+            entry["runs"].append(_run_variant(loaded, variant, scale, opts, progress))
+        entry.update(evaluate(loaded, entry["runs"], scale))
+        entry["status"] = "passed" if all(e["passed"] for e in entry["expectations"]) else "failed"
+        for run in entry["runs"]:
+            _append_verdicts(Path(opts.report_dir) / run["journal"], entry)
+    except LabError as exc:
+        entry["error"] = str(exc)
+    finally:
+        entry["seconds"] = round(time.time() - started, 1)
+    entry["plots"] = _plots(entry, opts.report_dir)
+    return entry
+
+
+def _run_variant(loaded: LoadedScenario, variant: str, scale: float, opts: RunOptions, progress: Progress) -> dict:
+    scn = loaded.scenario
+    sid = loaded.id + (f"-{variant}" if scn.variants else "")
+    journal = f"{loaded.id}{_slug(opts.label)}-{variant}.jsonl"
+    name = f"{opts.lab_prefix}-{secrets.token_hex(2)}-{len(scn.phases)}"[:16]
+    lab = lifecycle.prepare(
+        loaded.topology_path, name, loaded.overrides(variant, opts.quick, opts.extra_set), "netns", scale
+    )
+    progress(f"{sid}: lab up")
+    with lifecycle.signals_as_interrupts():
+        lifecycle.up(lab)
+        run: dict[str, Any] = {
+            "variant": variant,
+            "lab": name,
+            "journal": journal,
+            "overrides": loaded.overrides(variant, opts.quick, opts.extra_set),
+            "instances": len(lab.topology.k8s_nodes),
+            "elb_nodes": len(lab.topology.elb_nodes),
+            "phases": [],
+        }
+        try:
+            lab = Lab.load(name)
+            interval = opts.interval or (1.0 if scale < 1 else 5.0)
+            recorder = Recorder(lab, Path(opts.report_dir) / journal, interval=interval, note=f"scenario {sid}")
+            recorder.start()
+            try:
+                recorder.event("scenario", id=sid, variant=variant, overrides=run["overrides"], time_scale=scale)
+                for phase in scn.phases:
+                    progress(f"{sid}: {phase.name} ({phase.kind}, {phase.duration * scale:g}s)")
+                    run["phases"].append(_play_phase(lab, phase, scale, recorder))
+            finally:
+                recorder.stop()
+                run["intervals"] = recorder.records
+        finally:
+            with contextlib.suppress(Exception):
+                faults.revert(lab, reason="scenario end")
+            progress(f"{sid}: lab down")
+            lifecycle.down(name)
+    return run
+
+
+def _play_phase(lab: Lab, phase: Phase, scale: float, recorder: Recorder) -> dict[str, Any]:
+    t0 = time.time()
+    duration = phase.duration * scale
+    recorder.event("phase start", phase=phase.name, kind=phase.kind, seconds=duration)
+    load = None
+    if phase.load is not None:
+        w = phase.load
+        spec = LoadSpec(
+            service=w.service,
+            rate=w.rate,
+            duration=duration,
+            rate_end=w.rate_end,
+            connections=w.connections,
+            pool=w.pool,
+            connect_timeout=w.connect_timeout,
+            timeout=w.timeout,
+            method=w.method,
+            payload=w.payload,
+            via=w.via,
+        )
+        spec.validate()
+        load = LoadRun(lab, spec)
+        load.start()
+        recorder.attach_client(load)
+        recorder.event("load start", phase=phase.name, spec={k: v for k, v in vars(spec).items() if v is not None})
+    schedule = []
+    for step in phase.faults:
+        schedule.append((step.at * scale, "apply", step))
+        if step.for_ is not None:
+            schedule.append((min(duration, (step.at + step.for_) * scale), "revert", step))
+        elif step.until == "phase-end":
+            schedule.append((duration, "revert", step))
+    schedule.sort(key=lambda item: (item[0], item[1] == "apply"))
+    applied: dict[int, int] = {}
+    result: dict[str, Any] = {"name": phase.name, "kind": phase.kind, "t_start": t0, "faults": []}
+    try:
+        for at, action, step in schedule:
+            _sleep_until(t0 + at)
+            if action == "apply":
+                view = faults.apply(lab, step.kind, step.target, step.params)["fault"]
+                if step.for_ is not None or step.until == "phase-end":
+                    applied[id(step)] = view["id"]  # else it stays until the scenario's final revert
+                recorder.event(
+                    "fault applied",
+                    phase=phase.name,
+                    id=view["id"],
+                    kind=step.kind,
+                    target=view.get("target"),
+                    params=step.params,
+                    engine=view.get("engine"),
+                )
+                result["faults"].append(
+                    {"kind": step.kind, "target": view.get("target"), "at": round(time.time() - t0, 3)}
+                )
+            elif id(step) in applied:
+                faults.revert(lab, [applied.pop(id(step))], reason="scenario step")
+                recorder.event("fault reverted", phase=phase.name, kind=step.kind)
+        _sleep_until(t0 + duration)
+        if load is not None:
+            result["load"] = load.wait(timeout=duration + 120).to_dict()
+            result["load"].pop("per_second", None)
+            result["load"].pop("hdr", None)
+            load = None
+    finally:
+        if load is not None:
+            with contextlib.suppress(Exception):
+                load.stop(abort=True)
+        for fid in list(applied.values()):
+            with contextlib.suppress(Exception):
+                faults.revert(lab, [fid], reason="phase end")
+    result["t_end"] = time.time()
+    recorder.event("phase end", phase=phase.name)
+    return result
+
+
+def _sleep_until(t: float) -> None:
+    while True:
+        left = t - time.time()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_=" else "-" for c in label).strip("-").replace("=", "-")
+
+
+def _append_verdicts(journal: Path, entry: dict[str, Any]) -> None:
+    with open(journal, "a") as f:
+        for e in entry.get("expectations", []):
+            f.write(json.dumps({"type": "verdict", "t": round(time.time(), 3), **e}, default=str) + "\n")
+        for o, obs in entry.get("observations", {}).items():
+            f.write(json.dumps({"type": "observation", "observation": o, **obs}, default=str) + "\n")
+
+
+def _plots(entry: dict[str, Any], report_dir: Path) -> list[str]:
+    from lab.metrics.plot import plot_run
+
+    out = []
+    for run in entry["runs"]:
+        journal = Path(report_dir) / run["journal"]
+        if not journal.exists():
+            continue
+        png = journal.with_suffix(".png")
+        with contextlib.suppress(Exception):
+            plot_run(journal, png, title=f"{entry['id']} ({run['variant']})")
+            out.append(png.name)
+    return out
