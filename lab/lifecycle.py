@@ -120,8 +120,11 @@ def _end_faults(state: LabState) -> None:
         teardown(state)
 
 
-def clean() -> list[dict[str, Any]]:
-    """Remove every lab: those with state (up, crashed, half-built) and tagged leftovers without state."""
+def clean(only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Remove every lab (or only the named ones): those with state (up, crashed, half-built) and tagged
+    leftovers without state."""
+    for name in only or []:
+        check_lab_name(name)
     results = []
     names = {s.name: (s.read_info() or {}).get("backend", "netns") for s in all_labs()}
     for backend_name in {"netns", *names.values()}:
@@ -131,6 +134,8 @@ def clean() -> list[dict[str, Any]]:
         except LabError:
             continue
     for name, backend_name in sorted(names.items()):
+        if only is not None and name not in only:
+            continue
         _end_faults(LabState(name))
         removed = get_backend(backend_name).destroy(LabState(name))
         results.append({"name": name, "backend": backend_name, "removed": removed})

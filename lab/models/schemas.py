@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lab.models.scenario import Scenario
 from lab.models.topology import Topology
 
 
@@ -15,4 +16,11 @@ def topology_schema() -> dict[str, Any]:
     return schema
 
 
-SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {"topology": topology_schema}
+def scenario_schema() -> dict[str, Any]:
+    schema = Scenario.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "lab scenario"
+    return schema
+
+
+SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {"topology": topology_schema, "scenario": scenario_schema}

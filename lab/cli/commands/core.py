@@ -83,10 +83,13 @@ def down_cmd(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
         )
 
 
-@command("clean", epilog="Example:\n\n  lab clean")
-def clean_cmd(json_out: bool = JsonOpt) -> None:
+@command("clean", epilog="Examples:\n\n  lab clean\n\n  lab clean --name seed")
+def clean_cmd(
+    names: list[str] = typer.Option(None, "--name", "-n", help="Only this lab (repeatable); default: every lab."),
+    json_out: bool = JsonOpt,
+) -> None:
     """Remove every lab and every leftover of crashed runs (only what the lab can prove it created)."""
-    results = lifecycle.clean()
+    results = lifecycle.clean(names or None)
     if json_out:
         print_json(results)
         return

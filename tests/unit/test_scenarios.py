@@ -1,0 +1,286 @@
+"""Scenarios without running them: validation with file:line errors, statistics, observations, reports."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lab.cli import app
+from lab.errors import InputError
+from lab.models.scenario import OBSERVATIONS
+from lab.scenarios import report
+from lab.scenarios.evaluate import check_expectation, observations
+from lab.scenarios.loader import builtin, load_scenario
+from lab.scenarios.metrics import CATALOG, statistic
+
+MINIMAL = """\
+title: minimal
+hypothesis: a hypothesis long enough to pass
+topology: {file: default.yaml}
+phases:
+  - {name: idle, kind: idle, duration: 10s}
+  - name: steady
+    kind: steady
+    duration: 10s
+    load: {service: accounts, rate: 10}
+    faults:
+      - {kind: link, target: node-a1, params: {loss: 1%}, at: 2s}
+expect:
+  - {metric: elb.BackendConnectionErrors, phase: idle, op: "==", value: 0}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(InputError) as exc:
+        load_scenario(write(tmp_path, text))
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+def line_with(path: Path, needle: str) -> int:
+    return next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if needle in ln)
+
+
+@pytest.mark.parametrize("path", builtin(), ids=lambda p: p.stem)
+def test_every_builtin_scenario_validates(path):
+    loaded = load_scenario(path)
+    assert loaded.scenario.hypothesis and loaded.scenario.signature
+    assert loaded.scenario.expect, "a scenario without expectations proves nothing"
+
+
+def test_the_builtins_cover_the_issue_list():
+    names = {p.stem for p in builtin()}
+    assert {
+        "baseline",
+        "conntrack-exhaustion",
+        "hc-fanout",
+        "hc-misroute",
+        "cross-az",
+        "conntrack-invalid",
+        "elb-idle-timeout",
+        "syn-backlog",
+    } <= names
+
+
+def test_minimal_scenario_loads(tmp_path):
+    loaded = load_scenario(write(tmp_path, MINIMAL))
+    assert loaded.scenario.variant_names() == ["default"]
+    assert loaded.topology_path.name == "default.yaml"
+
+
+def test_unknown_field_names_field_and_line(tmp_path):
+    text = MINIMAL.replace(
+        "  - {name: idle, kind: idle, duration: 10s}", "  - {name: idle, kind: idle, duration: 10s, lenght: 3}"
+    )
+    path = tmp_path / "s.yaml"
+    message = error_of(tmp_path, text)
+    assert message == f"{path}:{line_with(path, 'lenght')}: unknown field 'phases[0].lenght'; check the spelling"
+
+
+def test_unknown_fault_kind_is_rejected_before_anything_runs(tmp_path):
+    path = tmp_path / "s.yaml"
+    message = error_of(tmp_path, MINIMAL.replace("kind: link", "kind: meteor"))
+    assert message.startswith(f"{path}:{line_with(path, 'meteor')}: phases[1].faults[0]")
+    assert "meteor" in message and "conntrack-exhaustion" in message  # lists the kinds
+
+
+def test_unknown_fault_target_is_rejected(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("target: node-a1", "target: node-z9"))
+    assert "unknown target 'node-z9'" in message
+
+
+def test_bad_fault_parameter_is_rejected(tmp_path):
+    assert "loss" in error_of(tmp_path, MINIMAL.replace("loss: 1%", "loss: 300%"))
+
+
+def test_unknown_metric_is_rejected_with_a_hint(tmp_path):
+    path = tmp_path / "s.yaml"
+    message = error_of(tmp_path, MINIMAL.replace("elb.BackendConnectionErrors", "elb.BackendErrors"))
+    assert message.startswith(f"{path}:{line_with(path, 'BackendErrors')}: unknown metric 'elb.BackendErrors'")
+
+
+def test_stat_must_fit_the_metric(tmp_path):
+    text = MINIMAL.replace('phase: idle, op: "=="', 'phase: idle, stat: max, op: "=="')
+    assert "stat 'max' does not apply to counter" in error_of(tmp_path, text)
+
+
+def test_expectation_on_unknown_phase(tmp_path):
+    assert "unknown phase 'warmup'" in error_of(tmp_path, MINIMAL.replace("phase: idle, op", "phase: warmup, op"))
+
+
+def test_unknown_service_in_a_workload(tmp_path):
+    assert "unknown service 'billing'" in error_of(tmp_path, MINIMAL.replace("service: accounts", "service: billing"))
+
+
+def test_fault_outside_its_phase(tmp_path):
+    assert "not inside the 10s phase" in error_of(tmp_path, MINIMAL.replace("at: 2s", "at: 20s"))
+
+
+def test_idle_phase_with_load_is_rejected(tmp_path):
+    text = MINIMAL.replace(
+        "{name: idle, kind: idle, duration: 10s}",
+        "{name: idle, kind: idle, duration: 10s, load: {service: accounts, rate: 1}}",
+    )
+    assert "an idle phase has no workload" in error_of(tmp_path, text)
+
+
+def test_bad_variant_override_names_the_variant(tmp_path):
+    text = MINIMAL + "variants:\n  a: [nodes_per_az=1]\n  b: [elb.nodes_per_az=99]\n"
+    message = error_of(tmp_path, text)
+    assert "variant 'b'" in message and "nodes_per_az" in message
+
+
+def test_validate_cli_is_one_line_on_error(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("kind: link", "kind: meteor"))
+    result = CliRunner().invoke(app, ["scenario", "validate", str(path)])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: ")
+    ok = CliRunner().invoke(app, ["scenario", "validate", "baseline"])
+    assert ok.exit_code == 0 and "ok" in ok.output
+
+
+# --- statistics and observations on synthetic runs -----------------------------------------------------------
+
+
+def interval(t: float, errors: int, requests: int = 0, client: dict | None = None, span: float = 1.0) -> dict:
+    return {
+        "t_start": t,
+        "t_end": t + span,
+        "elb": {
+            "metrics": {
+                "BackendConnectionErrors": {"all": errors},
+                "RequestCount": {"all": requests},
+                "UnHealthyHostCount": {"all": 0},
+            },
+            "backend_connection_errors": {"health_check": errors, "traffic": 0},
+        },
+        "nodes": {},
+        "client": client,
+    }
+
+
+def run(variant: str, instances: int, floor: int, scale: float = 0.1) -> dict:
+    # idle 0-10 s at `floor` errors per second, steady 10-20 s, recovery 20-30 s
+    intervals = [interval(t, floor) for t in range(30)]
+    return {
+        "variant": variant,
+        "instances": instances,
+        "phases": [
+            {"name": "idle", "kind": "idle", "t_start": 0, "t_end": 10, "faults": []},
+            {
+                "name": "steady",
+                "kind": "steady",
+                "t_start": 10,
+                "t_end": 20,
+                "faults": [],
+                "load": {"requests": 100, "ok_ratio": 1.0, "outcomes": {"ok": 100}, "histograms_ms": {}},
+            },
+            {"name": "after", "kind": "recovery", "t_start": 20, "t_end": 30, "faults": []},
+        ],
+        "intervals": intervals,
+    }
+
+
+def test_per_minute_is_per_elb_minute_under_a_time_scale():
+    metric = CATALOG["elb.BackendConnectionErrors"]
+    intervals = [interval(t, 3) for t in range(10)]
+    # 3 errors per wall second; at scale 0.1 a wall second is 10 ELB seconds: 18 per ELB minute
+    assert statistic(metric, "per_minute", intervals, 0, 10, time_scale=0.1) == pytest.approx(18)
+    assert statistic(metric, "per_minute", intervals, 0, 10, time_scale=1.0) == pytest.approx(180)
+    assert statistic(metric, "sum", intervals, 0, 10) == 30
+    assert statistic(metric, "per_minute", intervals, 100, 110) is None  # no data is not zero
+
+
+def test_o1_needs_two_sizes_and_proportional_floors():
+    obs = observations([run("three", 3, 3), run("nine", 9, 9)], 0.1, [])
+    assert obs["O1"]["reproduced"] is True and "x3.00" in obs["O1"]["figure"]
+    assert observations([run("three", 3, 3), run("nine", 9, 4)], 0.1, [])["O1"]["reproduced"] is False
+    assert observations([run("one", 3, 3)], 0.1, [])["O1"]["reproduced"] is None
+    assert observations([run("one", 3, 0)], 0.1, [])["O1"]["reproduced"] is False
+
+
+def test_o3_floor_after_load_and_o5_only_for_controls():
+    obs = observations([run("x", 3, 2)], 0.1, ["O5"])
+    assert obs["O3"]["reproduced"] is True
+    assert obs["O5"]["reproduced"] is False  # errors everywhere: not a healthy ELB
+    assert observations([run("x", 3, 0)], 0.1, ["O5"])["O5"]["reproduced"] is True
+    assert observations([run("x", 3, 0)], 0.1, [])["O5"]["reproduced"] is None
+
+
+def test_ratio_expectation_across_variants(tmp_path):
+    text = MINIMAL + (
+        "  - metric: elb.BackendConnectionErrors\n"
+        "    phase: idle\n"
+        "    variant: nine\n"
+        "    of: {metric: elb.BackendConnectionErrors, phase: idle, variant: three}\n"
+        "    between: [2.5, 3.5]\n"
+        "variants:\n  three: [nodes_per_az=1]\n  nine: [nodes_per_az=3]\n"
+    )
+    scenario = load_scenario(write(tmp_path, text)).scenario
+    runs = {"three": run("three", 3, 3), "nine": run("nine", 9, 9)}
+    verdict = check_expectation(scenario.expect[-1], runs, 0.1)[0]
+    assert verdict["passed"] and verdict["measured"] == pytest.approx(3.0)
+    runs["nine"] = run("nine", 9, 5)
+    assert not check_expectation(scenario.expect[-1], runs, 0.1)[0]["passed"]
+
+
+# --- reports ---------------------------------------------------------------------------------------------------
+
+
+def results() -> dict:
+    return {
+        "seconds": 12.5,
+        "time_scale": 0.1,
+        "quick": True,
+        "scenarios": [
+            {
+                "id": "hc-fanout",
+                "title": "fan-out",
+                "hypothesis": "h",
+                "signature": "s",
+                "status": "passed",
+                "seconds": 5,
+                "expectations": [{"text": "a > 0", "measured": 54.0, "passed": True, "why": ""}],
+                "observations": {
+                    "O1": {"reproduced": True, "figure": "54/min"},
+                    "O2": {"reproduced": None, "figure": ""},
+                },
+                "plots": [],
+            },
+            {
+                "id": "broken",
+                "title": "b",
+                "hypothesis": "h",
+                "status": "failed",
+                "seconds": 1,
+                "expectations": [{"text": "b < 1", "measured": 3.0, "passed": False, "why": "because"}],
+                "observations": {},
+                "plots": [],
+                "error": None,
+            },
+        ],
+    }
+
+
+def test_reports_are_written_and_well_formed(tmp_path):
+    files = report.write_all(results(), tmp_path)
+    assert set(files) == {"results.json", "report.md", "report.html", "junit.xml"}
+    assert json.loads(files["results.json"].read_text())["scenarios"][0]["id"] == "hc-fanout"
+    md = files["report.md"].read_text()
+    assert "| hc-fanout | YES 54/min |" in md and "Kernel TCP and conntrack timers" in md
+    suites = ET.parse(files["junit.xml"]).getroot()
+    assert suites.tag == "testsuites"
+    broken = next(s for s in suites if s.get("name") == "broken")
+    assert broken.get("failures") == "1"
+    assert "<table>" in files["report.html"].read_text()
+    assert len(report.table_rows(results())[0]) == len(OBSERVATIONS) + 2
