@@ -160,9 +160,14 @@ def status_cmd(
             str(r["id"]),
             r["kind"],
             r["target"],
-            r["params_text"] + (f" [{r['engine']}]" if r.get("engine") else ""),
+            r["params_text"] + (f" ({r['engine']})" if r.get("engine") else ""),
             _when(r["applied_at"]),
             _when(r["expires_at"]),
             f"[{style}]{state}[/]",
         )
     console.print(table)
+    for r in rows:
+        if r["state"] != "Not Injected":
+            console.print(f"fault {r['id']} changed:", markup=False)
+            for line in r["changes"] + r["notes"]:
+                console.print(f"  {line}", markup=False)
