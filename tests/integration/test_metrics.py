@@ -44,6 +44,12 @@ def capture(lab: str, host: str, pcap: Path, bpf: str):
             proc.wait()
 
 
+def wait_for_intervals(rec: Recorder, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(rec.records) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def handshakes(pcap: Path, instance_ip: str, port: int, t_from: float, t_to: float) -> tuple[int, int]:
     """(connect attempts, attempts answered with a SYN-ACK) to instance_ip:port whose first SYN is in [t_from, t_to)."""
     out = subprocess.run(["tcpdump", "-nn", "-tt", "-r", str(pcap)], capture_output=True, text=True).stdout
@@ -74,7 +80,7 @@ def test_idle_healthy_lab_has_no_backend_connection_errors(make_lab, tmp_path):
     with capture(lab.name, elb.name, pcap, f"tcp and host {ip} and port {port}"):
         rec = Recorder(lab, tmp_path / "idle.jsonl", interval=60)
         rec.start()
-        time.sleep(121)
+        wait_for_intervals(rec, 2, 120 + 30)
         rec.stop(final_interval=False)
     header, intervals, _ = read_series(tmp_path / "idle.jsonl")
     assert len(intervals) == 2
@@ -114,7 +120,7 @@ def test_unreachable_nodeport_gives_the_health_check_error_floor(make_lab, tmp_p
         time.sleep(2)  # let checks already in flight before the DROP end
         rec = Recorder(lab, tmp_path / "drop.jsonl", interval=interval, nodes=False)
         rec.start()
-        time.sleep(3 * interval + 1)
+        wait_for_intervals(rec, 3, 3 * interval + 30)
         rec.stop(final_interval=False)
     header, intervals, _ = read_series(tmp_path / "drop.jsonl")
     assert len(intervals) == 3
