@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lab.errors import InputError
+from lab.hosts import NamespaceGone
 from lab.lab import Lab
 from lab.load.stats import ClientSlice
 from lab.metrics.accounting import ErrorSeries
@@ -213,9 +214,11 @@ class Recorder:
                 return
             try:
                 self._sample()
-            except Exception as exc:  # a lab torn down under us: say so in the series, keep the file valid
-                self.event("sampling failed", error=f"{type(exc).__name__}: {exc}")
+            except NamespaceGone as exc:  # the lab was torn down under us: say so, keep the file valid
+                self.event("sampling stopped", error=str(exc))
                 return
+            except Exception as exc:  # one bad sample (a tool timed out): the next interval covers both
+                self.event("sampling failed", error=f"{type(exc).__name__}: {exc}")
             k = max(k + 1, int((time.time() - self._t0) / self.interval) + 1)  # skip, never pile up
 
 

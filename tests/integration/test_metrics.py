@@ -82,8 +82,8 @@ def test_idle_healthy_lab_has_no_backend_connection_errors(make_lab, tmp_path):
         rec.start()
         wait_for_intervals(rec, 2, 120 + 30)
         rec.stop(final_interval=False)
-    header, intervals, _ = read_series(tmp_path / "idle.jsonl")
-    assert len(intervals) == 2
+    header, intervals, events = read_series(tmp_path / "idle.jsonl")
+    assert len(intervals) == 2, events
     n_instances = len(lab.topology.k8s_nodes)
     for r in intervals:
         m = r["elb"]["metrics"]
@@ -122,8 +122,8 @@ def test_unreachable_nodeport_gives_the_health_check_error_floor(make_lab, tmp_p
         rec.start()
         wait_for_intervals(rec, 3, 3 * interval + 30)
         rec.stop(final_interval=False)
-    header, intervals, _ = read_series(tmp_path / "drop.jsonl")
-    assert len(intervals) == 3
+    header, intervals, events = read_series(tmp_path / "drop.jsonl")
+    assert len(intervals) == 3, events
     per_interval = header["health_checks_per_interval"]["timing_out"]  # HAProxy: next check `inter` after a timeout
     expected = 3 * per_interval
     n_elb = len(lab.topology.elb_nodes)
