@@ -302,6 +302,8 @@ def plan_cross_az(lab: Lab, fid: int, target: str, p: CrossAzParams) -> Plan:
         for b in ends
         if a != b and (target == "all" or target in (a, b)) and not (a == "peering" and b == "peering")
     ]
+    if not pairs:
+        raise InputError("cross-az needs two AZs (or peering=on): this topology has one; use the link kind")
     steps: list[Step] = []
     if engine == "nfqueue":
         steps.append(_nfq_helper(fid, CLUSTER_ROUTER, p))
