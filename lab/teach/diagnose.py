@@ -102,7 +102,12 @@ def _sysctl(host: Host, key: str) -> str | None:
 
 def diagnose(host: Host, interval: float = 1.0, cmd_prefix: str = "", kernel_log: bool = False) -> dict[str, Any]:
     """Every check on `host`; `cmd_prefix` goes before each command shown (e.g. "lab exec node-a1 -- ")."""
+    if not host.exists():
+        raise LabError(f"host {host.name}: its network namespace {host.netns} is gone (was the lab taken down?)")
     first = _sample(host)
+    if first.conntrack is None and first.nstat is None and first.rules is None:
+        problems = "; ".join(f"{k}: {v}" for k, v in first.errors.items())
+        raise LabError(f"{host.name}: none of the tools ran ({problems}); is this root on Linux?")
     if interval > 0:
         time.sleep(interval)
     second = _sample(host) if interval > 0 else first

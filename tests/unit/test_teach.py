@@ -323,3 +323,12 @@ def test_teach_bad_input_is_one_line(args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     assert result.output.strip() == message
+
+
+def test_diagnose_of_a_host_whose_namespace_is_gone_is_an_error_not_a_healthy_verdict():
+    from lab.errors import LabError
+    from lab.hosts import Host
+
+    gone = Host(name="node-a1", role="node", netns="/run/netns/lab.nosuchlab.node-a1")
+    with pytest.raises(LabError, match="node-a1: its network namespace .* is gone"):
+        dg.diagnose(gone, interval=0)
