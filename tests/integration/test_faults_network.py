@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from labservices.client import client_on_socket, echo_payload
 
 from lab import faults
 from lab.errors import EnvironmentProblem
@@ -81,12 +82,16 @@ def test_link_delay_and_bandwidth(make_lab):
     faults.apply(lab, "link", "node-a1", ["delay=20ms", "bandwidth=20mbit"])
     loss, rtt = _ping(lab, "elb-a1", node_ip, 10, "0.05")
     assert loss == 0 and 20 <= rtt < 30, rtt
-    assert re.search(
-        r"qdisc tbf 1ab: root .*rate 20Mbit", in_host(lab.name, "node-a1", "tc", "qdisc", "show", "dev", "eth0")
-    )
-    assert re.search(
-        r"qdisc tbf 1ab: root .*rate 20Mbit", in_host(lab.name, "rt-cluster", "tc", "qdisc", "show", "dev", "node-a1")
-    )
+    # 1 MiB each way to a pod behind the link: tbf (rate 20Mbit, on both ends) holds packets back: overlimits
+    pod = next(p.name for p in lab.topology.pods if p.node == "node-a1")
+    sock = lab.host("elb-a1").connect((str(lab.plan.ip(pod)), 9090))
+    payload = echo_payload(str(1 << 20))
+    assert client_on_socket(sock, 10.0).echo(payload) == payload
+    sock.close()
+    for host, dev in (("node-a1", "eth0"), ("rt-cluster", "node-a1")):
+        stats = in_host(lab.name, host, "tc", "-s", "qdisc", "show", "dev", dev)
+        assert re.search(r"qdisc tbf 1ab: root .*rate 20Mbit", stats), stats
+        assert int(re.search(r"overlimits (\d+)", stats).group(1)) > 0, stats
     faults.revert(lab)
     loss, rtt = _ping(lab, "elb-a1", node_ip, 10, "0.05")
     assert loss == 0 and rtt < 5
