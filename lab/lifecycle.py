@@ -127,7 +127,8 @@ def clean(only: list[str] | None = None) -> list[dict[str, Any]]:
         check_lab_name(name)
     results = []
     names = {s.name: (s.read_info() or {}).get("backend", "netns") for s in all_labs()}
-    for backend_name in {"netns", *names.values()}:
+    # Every backend is asked for leftovers: after a reboot (/run is tmpfs) no state names them.
+    for backend_name in {"netns", "kind", *names.values()}:
         try:
             for orphan in get_backend(backend_name).orphans():
                 names.setdefault(orphan, backend_name)

@@ -58,7 +58,8 @@ def resolve(lab: Lab, service: str, via: str = "elb", target: str | None = None,
         port = svc.port
         # Pod IPs are not routed into the client VPC (VPC peering carries VPC CIDRs only): call from the pod's node.
         src = source or topo.pods[[p.name for p in topo.pods].index(hop)].node
-    return Target(source=lab.host(src), ip=str(lab.plan.ip(hop)), port=port, via=via, hop=hop)
+    # The backend's view of the address (kind's network plugin picks pod IPs; the netns plan is exact).
+    return Target(source=lab.host(src), ip=str(lab.host(hop).ip or lab.plan.ip(hop)), port=port, via=via, hop=hop)
 
 
 def _pick(target: str | None, choices: list[str], what: str) -> str:

@@ -50,6 +50,7 @@ def run_matrix(
     quick: bool,
     time_scale: float | None = None,
     progress: Callable[[str], None] = lambda _m: None,
+    backend: str = "netns",
 ) -> dict[str, Any]:
     combos = expand_sets(sets)
     scenarios = load_all(files, use_all, combos)
@@ -61,6 +62,7 @@ def run_matrix(
         "time_scale": scale,
         "machine": f"{platform.node()} ({platform.machine()}, {len(_cpus())} cores)",
         "sets": sets,
+        "backend": backend,
         "scenarios": [],
     }
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,13 @@ def run_matrix(
         label = f"[{','.join(combo)}]" if combo else ""
         progress(f"[{i + 1}/{len(scenarios)}] {loaded.id}{label}")
         opts = RunOptions(
-            report_dir=report_dir, time_scale=scale, quick=quick, extra_set=combo, label=label, lab_prefix="m"
+            report_dir=report_dir,
+            time_scale=scale,
+            quick=quick,
+            extra_set=combo,
+            label=label,
+            lab_prefix="m",
+            backend=backend,
         )
         try:
             entry = run_scenario(loaded, opts, lambda m, i=i: progress(f"[{i + 1}/{len(scenarios)}] {m}"))

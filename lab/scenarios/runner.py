@@ -36,6 +36,7 @@ class RunOptions:
     extra_set: list[str] = field(default_factory=list)
     label: str = ""  # e.g. "[nodes_per_az=3]" when the matrix varies a setting
     lab_prefix: str = "s"
+    backend: str = "netns"
     interval: float | None = None
 
     def scale_for(self, loaded: LoadedScenario) -> float:
@@ -83,7 +84,7 @@ def _run_variant(loaded: LoadedScenario, variant: str, scale: float, opts: RunOp
     journal = f"{loaded.id}{_slug(opts.label)}-{variant}.jsonl"
     name = f"{opts.lab_prefix}-{secrets.token_hex(2)}-{len(scn.phases)}"[:16]
     lab = lifecycle.prepare(
-        loaded.topology_path, name, loaded.overrides(variant, opts.quick, opts.extra_set), "netns", scale
+        loaded.topology_path, name, loaded.overrides(variant, opts.quick, opts.extra_set), opts.backend, scale
     )
     progress(f"{sid}: lab up")
     with lifecycle.signals_as_interrupts():

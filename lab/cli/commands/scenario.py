@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from lab.backends import get_backend
 from lab.cli.app import app, command, console, print_json, progress
 from lab.errors import InputError
 from lab.models.scenario import OBSERVATIONS
@@ -22,6 +23,7 @@ scenario_app = typer.Typer(
 app.add_typer(scenario_app, name="scenario")
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
+BackendOpt = typer.Option("netns", "--backend", "-b", help="netns (default) or kind.")
 ReportOpt = typer.Option(Path("reports/latest"), "--report", help="Directory for report.md/html, junit.xml, ...")
 
 
@@ -108,12 +110,13 @@ def run_cmd(
         1.0, "--time-scale", help="Shrink the ELB's and the scenario's timers (0 < F <= 1)."
     ),
     overrides: list[str] = typer.Option([], "--set", help="Extra topology override KEY=VALUE (repeatable)."),
+    backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails."""
     if not 0 < time_scale <= 1:
         raise InputError(f"--time-scale {time_scale:g}: must be > 0 and <= 1")
-    results = _run([file], False, [], report_dir, time_scale < 1, time_scale, overrides)
+    results = _run([file], False, [], report_dir, time_scale < 1, time_scale, overrides, backend)
     _finish(results, json_out)
 
 
@@ -129,17 +132,18 @@ def matrix_cmd(
     sets: list[str] = typer.Option([], "--set", help="KEY=V1,V2: run every scenario once per value (cross product)."),
     report_dir: Path = ReportOpt,
     quick: bool = typer.Option(False, "--quick", help=f"Scaled timers (x{QUICK_SCALE:g}) and short phases: CI-sized."),
+    backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
-    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [])
+    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend)
     _finish(results, json_out)
 
 
-def _run(files, use_all, sets, report_dir, quick, scale, overrides):
-    extra = [f"{o}" for o in overrides]
+def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
+    get_backend(backend)  # an unknown backend fails before anything runs
     with progress("lab matrix" if len(files) != 1 else f"lab scenario {files[0]}") as step:
-        return run_matrix(files, use_all, sets + extra, report_dir, quick, scale, step)
+        return run_matrix(files, use_all, sets + list(overrides), report_dir, quick, scale, step, backend)
 
 
 def _finish(results: dict, json_out: bool) -> None:
