@@ -275,14 +275,14 @@ def test_a_crash_mid_apply_leaves_nothing_lab_clean_cannot_remove(make_lab):
     assert rows[0]["state"] == "Not Injected" and rows[0]["reverted_by"].startswith("recovered")
     pids = subprocess.run(["ip", "netns", "pids", ns(lab.name, "rt-cluster")], capture_output=True, text=True)
     assert not any("lab-nfqdelay" in _comm(int(p)) for p in pids.stdout.split())
-    # ... and after another crash, what `lab clean` runs for each lab (fault teardown, then the backend's
-    # destroy; `lab down` runs the same two) removes everything, the helper included. Not `lab clean` itself:
-    # it removes every lab on the machine, other tests' and other people's too.
+    # ... and after another crash, `lab clean` removes everything, the helper included (--name: only this lab;
+    # a bare `lab clean` would remove every lab on the machine, other tests' too).
     subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
     pids = subprocess.run(["ip", "netns", "pids", ns(lab.name, "rt-cluster")], capture_output=True, text=True)
     helper = [int(p) for p in pids.stdout.split() if "lab-nfqdelay" in _comm(int(p))]
     assert helper
-    lifecycle.down(lab.name)
+    result = lab_cli("clean", "--name", lab.name)
+    assert result.returncode == 0, result.stderr
     assert lab_namespaces(lab.name) == []
     assert not [p for p in helper if os.path.exists(f"/proc/{p}") and "lab-nfqdelay" in _comm(p)]
     assert not lab.state.exists()
