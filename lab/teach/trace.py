@@ -250,6 +250,34 @@ def _host_by_ip(lab: Lab, ip: str):
     return None
 
 
+def _attempts(lab: Lab, syns: list[TracedPacket], packets: list[TracedPacket]) -> list[str]:
+    """What became of each connect attempt (SYN) known only from the trace: its DNAT, and what answered.
+
+    A connection refused by the pod leaves no conntrack entry (a RST to a SYN removes it at once), so the
+    DNAT comes from the traced rule and the answer from the traced RST of that pod address.
+    """
+    lines = []
+    for i, syn in enumerate(syns, 1):
+        f = syn.first
+        sent = f"{f.get('SRC')}:{f.get('SPORT')} -> {f.get('DST')}:{f.get('DPORT')}"
+        stopped = _where_it_stopped(syn)
+        dnat = _dnat_rule(syn)
+        if stopped or not dnat:
+            lines.append(f"attempt {i}: {sent}: {stopped or 'no DNAT rule matched'}.")
+            continue
+        ip, _, port = dnat.rpartition(":")
+        pod = _host_by_ip(lab, ip)
+        answers = [p for p in packets if _is_answer(p) and (p.first.get("SRC"), p.first.get("SPORT")) == (ip, port)]
+        if any("RST" in a.first.flags for a in answers):
+            answer = "that address answered with a RST: nothing listens there (the pod's server is down)"
+        elif answers:
+            answer = "it answered (SYN-ACK)"
+        else:
+            answer = "no answer came back"
+        lines.append(f"attempt {i}: {sent}, DNAT to {pod.name + ' ' if pod else ''}{dnat}: {answer}.")
+    return lines
+
+
 def _no_instance(lab: Lab, elb: str) -> str:
     """Why an ELB node had nowhere to send a connection: its health view of the instances it knows."""
     try:
@@ -425,10 +453,19 @@ def _assemble(
         if log_line is not None:
             instance = instance or (log_line.server if log_line.server in known else None)
             hop.evidence["log"] = log_line.to_json()
+            connect = (
+                f"{log_line.connect_ms} ms to connect to the instance (the ELB's Latency)"
+                if log_line.connect_ms >= 0
+                else "it never got a connection to an instance"
+            )
+            waited = (
+                f"{log_line.queue_ms} ms waiting (surge queue, or pauses between retries), "
+                if log_line.queue_ms > 0
+                else ""
+            )
             hop.says.append(
-                f"Its log: instance {log_line.server}; {log_line.queue_ms} ms in the surge queue, "
-                f"{log_line.connect_ms} ms to connect to the instance (the ELB's Latency), session "
-                f"{log_line.total_ms} ms, {log_line.bytes_to_client} bytes back; {log_line.termination_words()}"
+                f"Its log: instance {log_line.server}; {waited}{connect}, session {log_line.total_ms} ms, "
+                f"{log_line.bytes_to_client} bytes back; {log_line.termination_words()}"
                 + (f"; {log_line.retries} retries (each a BackendConnectionError)" if log_line.retries else "")
                 + "."
             )
@@ -454,19 +491,32 @@ def _assemble(
         hop.address = f"{plan.ip(instance)}:{svc.node_port}"
         flow = entry[1] if entry else None
         node_packets = packets.get(instance, [])
+        later: list[str] = []  # what became of connect attempts known only from the trace
         if flow is not None:
             syns = _select(node_packets, flow.original, _is_syn)
         elif via == "node":
             first = Tuple(attempt.local[0], attempt.dest[0], attempt.local[1], attempt.dest[1])
             syns = _select(node_packets, first, _is_syn)
+            later = _attempts(lab, syns[:1], node_packets) if syns and attempt.error else []
         else:
             elb_ip = str(plan.ip(tgt.hop))
-            syns = [p for p in node_packets if _is_syn(p) and p.first.get("SRC") == elb_ip]
+            syns = [
+                p
+                for p in node_packets
+                if _is_syn(p) and p.first.get("SRC") == elb_ip and p.first.get("DPORT") == str(svc.node_port)
+            ]
             if syns:
+                checks_here = svc.node_port == topo.health_check_port
                 hop.says.append(
-                    f"The connection's own ports are unknown (no answer came back), so these are all {len(syns)} "
-                    f"SYNs from {tgt.hop} to this node during the trace; health checks may be among them."
+                    f"No answer came back, so the ELB node's connection is not known by its ports: these are all "
+                    f"{len(syns)} SYNs from {tgt.hop} to NodePort {svc.node_port} during the trace"
+                    + (
+                        " (health checks use the same port and may be among them)."
+                        if checks_here
+                        else f" (health checks go to port {topo.health_check_port}: these are its connect attempts)."
+                    )
                 )
+                later = _attempts(lab, syns, packets.get(instance, []))
         ours.update(id(p) for p in syns)
         if syns:
             syn = syns[0]  # the first SYN went through the nat rules; retransmissions only meet conntrack's entry
@@ -481,6 +531,7 @@ def _assemble(
             summary["chains"] = chains
             if chains:
                 hop.says.append(f"It goes through {' -> '.join(chains)} (every matching rule below, in order).")
+            hop.says += later
             stopped = _where_it_stopped(syn, hosts_by_name.get(instance))
             if stopped:
                 hop.says.append(f"It stops here: {stopped}.")
@@ -523,7 +574,7 @@ def _assemble(
                 f"--orig-port-dst {flow.original.dport}"
             )
         elif not hop.problem and attempt.error:
-            hop.says.append("conntrack has no entry for this connection on this node.")
+            hop.says.append("conntrack has no entry known to be this connection's on this node.")
             hop.problem = True
         hop.see.append(f"lab exec {instance}{n} -- iptables-save -c -t nat | grep -E 'KUBE-(NODEPORTS|EXT|SVC|SEP)'")
         hops.append(hop)

@@ -152,3 +152,25 @@ def test_a_trace_table_left_by_a_killed_trace_is_removed_by_the_next_trace(make_
     result = trace(lab, "catalog", "node", target="node-a1")
     assert result.ok, result.error
     assert_nothing_left(lab)
+
+
+def test_a_refused_connection_through_the_elb_shows_each_retry_and_who_refused(make_lab):
+    lab = make_lab(time_scale=0.1)
+    for pod in lab.topology.pods_of("catalog"):
+        lab.backend.control_pod(lab, pod.name, "stop")
+    pods = [p.name for p in lab.topology.pods_of("catalog")]
+
+    def resets_sent() -> int:  # the pods' own kernels count the RSTs they send (nstat, not the code under test)
+        return sum(int(in_host(lab.name, pod, "nstat", "-asz", "TcpOutRsts").split()[-2]) for pod in pods)
+
+    before = resets_sent()
+    result = trace(lab, "catalog", "elb", target="elb-a1", timeout=5.0)
+    assert not result.ok
+    log = next(h for h in result.hops if h.kind == "elb").evidence["log"]
+    assert log["termination"] == "SC" and log["retries"] >= 1, log
+    node_hop = next(h for h in result.hops if h.kind == "node")
+    attempts = [line for line in node_hop.says if line.startswith("attempt ")]
+    assert len(attempts) == log["retries"] + 1, node_hop.says  # catalog's NodePort is not the health check's
+    assert all("answered with a RST" in line for line in attempts), attempts
+    assert resets_sent() - before == len(attempts)
+    assert_nothing_left(lab)
