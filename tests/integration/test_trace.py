@@ -119,6 +119,14 @@ def test_trace_with_local_policy_shows_no_snat_and_the_drop_on_a_node_without_a_
     who = next(h for h in result.hops if h.kind == "pod").evidence["whoami"]
     assert who["client_ip"] == str(lab.plan.ip("apollo-1"))  # the pod sees the real client
 
+    # through the ELB: the pod sees the ELB node's own address, the source the ELB's connection had
+    elb = next(e.name for e in topo.elb_nodes if topo.node(with_pod[0]).az == e.az)
+    via_elb = trace(lab, "accounts", "elb", target=elb)
+    assert via_elb.ok and via_elb.summary["snat"] is False and via_elb.summary["instance"] == with_pod[0]
+    check_against_conntrack(lab, via_elb)
+    who = next(h for h in via_elb.hops if h.kind == "pod").evidence["whoami"]
+    assert who["client_ip"] == str(lab.plan.ip(elb))
+
     failed = trace(lab, "accounts", "node", target=without, timeout=1.0)
     assert not failed.ok and "timed out" in (failed.error or "")
     node_hop = next(h for h in failed.hops if h.kind == "node")
