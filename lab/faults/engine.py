@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lab.errors import InputError, LabError, LabStateError
@@ -116,7 +117,9 @@ def apply(
     params: list[str] | dict[str, Any] | None = None,
     duration: float | None = None,
     dry_run: bool = False,
+    progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
+    """Apply a fault; `progress` hears each step as it starts (a conntrack fill takes seconds)."""
     kind = get_kind(kind_name)
     p = parse_params(kind.name, kind.params, params or [])
     if duration is not None and not 0 < duration <= MAX_DURATION:
@@ -171,6 +174,7 @@ def apply(
         try:
             for step in rec.steps:
                 op = OPS[step.op]
+                progress(op.describe(step))
                 step.prior = op.capture(lab, step)
                 store.put(rec)
                 step.result = op.apply(lab, step) or {}

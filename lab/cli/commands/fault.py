@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from lab import faults
-from lab.cli.app import app, console, fail, print_json
+from lab.cli.app import app, console, fail, print_json, progress
 from lab.errors import InputError, LabError
 from lab.lab import Lab, default_lab_name
 from lab.models.common import parse_duration
@@ -92,7 +92,8 @@ def apply_cmd(
             raise InputError(f"--duration {duration!r}: {exc}") from None
     faults.check(kind, params or [])  # unknown kind or bad parameter: say so before looking for a lab
     lab = Lab.load(name or default_lab_name())
-    result = faults.apply(lab, kind, target, params or [], seconds, dry_run)
+    with progress(f"lab fault apply {kind}", quiet=json_out or dry_run) as step:
+        result = faults.apply(lab, kind, target, params or [], seconds, dry_run, progress=step)
     if json_out:
         print_json(result)
         return
@@ -124,7 +125,9 @@ def revert_cmd(
     if ids and all_:
         raise InputError("give fault ids or --all, not both")
     lab = Lab.load(name or default_lab_name())
-    done = faults.revert(lab, None if all_ else ids)
+    with progress("lab fault revert", quiet=json_out) as step:
+        step("reverting")
+        done = faults.revert(lab, None if all_ else ids)
     if json_out:
         print_json(done)
         return
