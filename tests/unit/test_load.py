@@ -3,7 +3,6 @@ worker engine against a real LabService server on this machine's loopback (no la
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -139,7 +138,7 @@ def server():
     listener.close()
 
 
-def run_engine(addr, mode, rate=200, duration=1.0, call=None, timeout=1.0):
+def run_engine(addr, mode, rate=200, duration=1.0, call=None, timeout=1.0, connect_timeout=1.0):
     call = call or wire.build_call("ping")
     spec = WorkerSpec(
         index=0,
@@ -149,14 +148,14 @@ def run_engine(addr, mode, rate=200, duration=1.0, call=None, timeout=1.0):
         ramp=Ramp(rate, duration),
         mode=mode,
         pool=4,
-        connect_timeout=1.0,
+        connect_timeout=connect_timeout,
         timeout=timeout,
         request=call.request,
         reply=call.reply,
     )
     sent: list = []
     engine = Engine(spec, sent.append, threading.Event(), threading.Event(), time.monotonic())
-    final = asyncio.run(engine.run())
+    final = engine.run()
     totals: dict[str, int] = {}
     for kind, _, _, payload in sent:
         assert kind == "slice"
@@ -172,6 +171,13 @@ def test_engine_sends_the_schedule_and_checks_replies(server, mode):
     assert final["connections"] == (4 if mode == "pooled" else 200)
     assert sum(p["scheduled"] for *_, p in sent) == 200
     assert [idx for _, _, idx, _ in sent] == list(range(len(sent)))  # every slice, in order, none skipped
+
+
+def test_engine_no_stale_timeout_hits_a_reused_socket(server):
+    # Sockets come and go many times per timeout: a closed socket's fd is reused while its old timers are
+    # still queued; none of them may fire on the new connection.
+    _, totals, _ = run_engine(server, "per-request", rate=400, duration=2.5, timeout=0.25, connect_timeout=0.2)
+    assert totals == {"ok": 1000}
 
 
 def test_engine_classes_timeouts_and_refusals(server):
