@@ -237,11 +237,31 @@ def test_an_expired_fault_is_reverted_by_the_next_command_if_its_reverter_died(m
     fid = result["fault"]["id"]
     for pid in _reverters(lab.name, fid):
         os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # our child: reap it
     time.sleep(1.2)
     assert "LAB-FAULT" in in_host(lab.name, "node-b1", "iptables-save"), "nobody reverted it yet"
     rows = faults.status(lab)
     assert rows[0]["state"] == "Not Injected" and rows[0]["reverted_by"] == "duration"
     assert "LAB-FAULT" not in in_host(lab.name, "node-b1", "iptables-save")
+
+
+def test_a_dead_delay_helper_is_reported_and_traffic_is_not_blackholed(make_lab):
+    lab = make_lab()
+    before = snapshot(lab)
+    pod = next(p for p in lab.topology.pods if lab.topology.node(p.node).az != "us-east-1a")
+    across = (str(lab.plan.ip(pod.name)), 9090)
+    faults.apply(lab, "cross-az", None, ["delay=40ms"])
+    assert median_ms(connect_times(lab, "elb-a1", across, 5)) >= 40
+    pids = subprocess.run(["ip", "netns", "pids", ns(lab.name, "rt-cluster")], capture_output=True, text=True)
+    (helper,) = [int(p) for p in pids.stdout.split() if "lab-nfqdelay" in _comm(int(p))]
+    os.kill(helper, signal.SIGKILL)
+    os.waitpid(helper, 0)
+    # --queue-bypass: with nobody on the queue, packets pass undelayed instead of being dropped
+    assert median_ms(connect_times(lab, "elb-a1", across, 5)) < 20
+    (row,) = faults.status(lab)
+    assert row["state"] == "Injected" and "helper process gone on rt-cluster" in row["problem"]
+    faults.revert(lab)
+    assert_same(before, snapshot(lab))
 
 
 def _reverters(lab_name: str, fid: int) -> list[int]:
