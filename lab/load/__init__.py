@@ -10,8 +10,25 @@ The API the CLI and the scenario runner drive (see lab.load.generator):
     result.to_dict()                 # JSON: classes, histograms, percentiles
 """
 
-from lab.load.generator import LoadResult, LoadRun, LoadSpec, run_load
-from lab.load.outcomes import OUTCOMES
-from lab.load.stats import ClientSlice
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["OUTCOMES", "ClientSlice", "LoadResult", "LoadRun", "LoadSpec", "run_load"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: a worker process (python -m lab.load.worker) must start fast and needs none of the lab model.
+    if name in ("LoadResult", "LoadRun", "LoadSpec", "run_load"):
+        from lab.load import generator
+
+        return getattr(generator, name)
+    if name == "OUTCOMES":
+        from lab.load.outcomes import OUTCOMES
+
+        return OUTCOMES
+    if name == "ClientSlice":
+        from lab.load.stats import ClientSlice
+
+        return ClientSlice
+    raise AttributeError(name)

@@ -359,7 +359,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and tells us what to do
     signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     signal.signal(signal.SIGUSR2, lambda *_: (stop.set(), abort.set()))
-    size = int(sys.stdin.buffer.readline())
+    header = sys.stdin.buffer.readline()
+    if not header.strip().isdigit():
+        return  # not started by a LoadRun (or it died first): nothing to do
+    size = int(header)
     spec: WorkerSpec = pickle.loads(sys.stdin.buffer.read(size))
     if os.getppid() != parent:
         return
