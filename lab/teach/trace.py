@@ -139,6 +139,15 @@ def _parallel(fn, items: list) -> list:
         return list(pool.map(fn, items))
 
 
+def resolve_target(
+    lab: Lab, service: str, via: str = "elb", source: str | None = None, target: str | None = None
+) -> rpc.Target:
+    """Check the arguments and pick the ELB node / node (at random when not given), as `lab call` does."""
+    if via not in VIAS:
+        raise InputError(f"--via {via!r}: choose one of {', '.join(VIAS)} (a pod is reached through one of them)")
+    return rpc.resolve(lab, service, via, target, source)
+
+
 def trace(
     lab: Lab,
     service: str,
@@ -148,10 +157,8 @@ def trace(
     timeout: float = 5.0,
 ) -> TraceResult:
     """Send one connection (a whoami RPC) and reconstruct every hop it took."""
-    if via not in VIAS:
-        raise InputError(f"--via {via!r}: choose one of {', '.join(VIAS)} (a pod is reached through one of them)")
     topo = lab.topology
-    tgt = rpc.resolve(lab, service, via, target, source)
+    tgt = resolve_target(lab, service, via, source, target)
     svc = topo.service(service)
     pod_nodes = [p.node for p in topo.pods_of(service)]
     if via == "elb":

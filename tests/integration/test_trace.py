@@ -182,3 +182,18 @@ def test_a_refused_connection_through_the_elb_shows_each_retry_and_who_refused(m
     assert all("answered with a RST" in line for line in attempts), attempts
     assert resets_sent() - before == len(attempts)
     assert_nothing_left(lab)
+
+
+def test_trace_bad_input_is_one_line_before_any_traffic(make_lab):
+    lab = make_lab()
+    cases = [
+        (["trace", "nope"], "Error: unknown service 'nope'; services: accounts, catalog"),
+        (["trace", "accounts", "--via", "pod"], "Error: --via 'pod': choose one of elb, node"),
+        (["trace", "accounts", "--diagram", "x.pdf"], "Error: --diagram x.pdf: the file name must end in .svg or .png"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "lab.cli", *args, "-n", lab.name], capture_output=True,
+                              text=True, cwd=REPO, timeout=60)  # fmt: skip
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.strip().startswith(message) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "lab_trace_" not in in_host(lab.name, "node-a1", "nft", "list", "tables")

@@ -37,13 +37,18 @@ def trace_cmd(
     A connection that fails is traced too (exit code 0: the trace worked); --json says "ok": false.
     """
     from lab.teach.diagram import mermaid, render_image
-    from lab.teach.trace import trace
+    from lab.teach.trace import resolve_target, trace
     from lab.teach.views import trace_tree
 
+    if diagram is not None and diagram.suffix.lower() not in (".svg", ".png"):
+        from lab.errors import InputError
+
+        raise InputError(f"--diagram {diagram}: the file name must end in .svg or .png")
     lab = Lab.load(name or default_lab_name())
+    tgt = resolve_target(lab, service, via, source, target)  # bad input fails here, before any traffic
     with progress(f"lab trace {service}", quiet=json_out) as step:
-        step("tracing one connection")
-        result = trace(lab, service, via, source, target, timeout)
+        step(f"tracing one connection: {tgt.describe()}")
+        result = trace(lab, service, via, tgt.source.name, tgt.hop, timeout)
     if diagram is not None:
         render_image(result, diagram)
     if json_out:
