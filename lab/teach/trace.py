@@ -357,9 +357,15 @@ def _masqueraded(packet: TracedPacket) -> bool:
     return any("MASQUERADE" in step.rule.split() for step in packet.rules())
 
 
-def _where_it_stopped(packet: TracedPacket, host: Host | None = None) -> str | None:
-    """Plain words for a SYN that did not get through this node, or None if it did."""
+def _where_it_stopped(packet: TracedPacket, host: Host | None = None, tracked: bool = False) -> str | None:
+    """Plain words for a SYN that did not get through this node, or None if it did.
+
+    `tracked`: conntrack has an entry for it, so an empty trace cannot mean conntrack dropped it (the rules are
+    then invisible to nftables tracing: iptables-legacy).
+    """
     rules = packet.rules()
+    if not rules and tracked:
+        return None
     if not rules:
         why = (
             "the SYN arrived but never reached the nat table: conntrack dropped it before any rule, which is "
@@ -539,7 +545,12 @@ def _assemble(
             if chains:
                 hop.says.append(f"It goes through {' -> '.join(chains)} (every matching rule below, in order).")
             hop.says += later
-            stopped = _where_it_stopped(syn, hosts_by_name.get(instance))
+            stopped = _where_it_stopped(syn, hosts_by_name.get(instance), tracked=flow is not None)
+            if not syn.rules() and flow is not None:
+                hop.says.append(
+                    "The trace saw no rule here (rules of the iptables-legacy backend are invisible to nftables "
+                    "tracing); conntrack below shows what they did."
+                )
             if stopped:
                 hop.says.append(f"It stops here: {stopped}.")
                 hop.problem = True
@@ -604,7 +615,7 @@ def _assemble(
         if syns:
             hop.rules = _rules(syns[0], deltas.get(name))
             hop.evidence["syn"] = syns[0].to_json()
-            stopped = _where_it_stopped(syns[0], hosts_by_name.get(name))
+            stopped = _where_it_stopped(syns[0], hosts_by_name.get(name), tracked=flow is not None)
             if stopped:
                 hop.says.append(f"It stops here: {stopped}.")
                 hop.problem = True
