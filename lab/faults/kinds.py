@@ -85,12 +85,12 @@ class CrossAzParams(Delay):
 class ExhaustionParams(Params):
     mode: Literal["fill", "ceiling"] = Field("fill", description="fill: leave `free` slots; ceiling: a smaller max")
     free: int = Field(0, ge=0, le=10_000_000, description="fill: slots left in the node's table")
-    max: int | None = Field(None, ge=1, description="ceiling: the emulated nf_conntrack_max (all entries count)")
+    max: int | None = Field(
+        None, ge=1, description="ceiling: the emulated nf_conntrack_max (default: what kube-proxy set for the node)"
+    )
 
     @model_validator(mode="after")
     def _mode(self) -> ExhaustionParams:
-        if self.mode == "ceiling" and self.max is None:
-            raise ValueError("mode=ceiling needs max=N (the emulated nf_conntrack_max)")
         if self.mode == "fill" and self.max is not None:
             raise ValueError("max=N is for mode=ceiling; mode=fill takes free=N")
         return self
@@ -358,7 +358,7 @@ def _az_target(lab: Lab, name: str | None, _p: Any) -> str:
 def plan_exhaustion(lab: Lab, fid: int, target: str, p: ExhaustionParams) -> Plan:
     args: dict[str, Any] = {"fault": fid}
     if p.mode == "ceiling":
-        args["ceiling"] = p.max
+        args["ceiling"] = p.max or lab.topology.conntrack_max
     else:
         args["free"] = p.free
     return Plan([Step("conntrack-fill", target, args)])
@@ -374,9 +374,11 @@ def _exhaustion_target(lab: Lab, name: str | None, p: ExhaustionParams) -> str:
         from lab.faults.ops import ct_count
 
         count, limit = ct_count(lab.host(node))
-        if p.max is not None and p.max >= limit:
+        ceiling = p.max or lab.topology.conntrack_max
+        if ceiling >= limit:
+            what = f"parameter max={p.max}" if p.max else f"the node's conntrack max ({ceiling}, from the topology)"
             raise InputError(
-                f"fault conntrack-exhaustion: parameter max={p.max}: must be below nf_conntrack_max ({limit}) "
+                f"fault conntrack-exhaustion: {what}: must be below this machine's nf_conntrack_max ({limit}) "
                 "(see `lab fault list`)"
             )
     return node

@@ -110,6 +110,9 @@ class Service(Strict):
 
 
 class Conntrack(Strict):
+    max: int | None = Field(
+        None, ge=1, description="kube-proxy --conntrack-max: a fixed nf_conntrack_max (else max_per_core x cores, min)"
+    )
     max_per_core: int = Field(32768, ge=0)
     min: int = Field(131072, ge=0)
     tcp_timeout_established: Duration = 86400.0
@@ -358,6 +361,8 @@ class Topology(Strict):
     def conntrack_max(self) -> int:
         """What kube-proxy would set nf_conntrack_max to on a node (max(maxPerCore x cores, min))."""
         ct = self.kube_proxy.conntrack
+        if ct.max is not None:
+            return ct.max
         return max(ct.max_per_core * self.cluster.node_cores, ct.min)
 
 

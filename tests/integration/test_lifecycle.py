@@ -79,7 +79,8 @@ def test_kill_9_during_up_then_clean_leaves_nothing():
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert lab_namespaces(name), "kill -9 should leave a half-built lab behind"
-    out = subprocess.run([*LAB, "clean"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    # --name: a test must never remove labs it did not make (a developer's, or another test's)
+    out = subprocess.run([*LAB, "clean", "--name", name], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"removed lab '{name}'" in out.stdout
     assert_gone(name)
@@ -96,7 +97,7 @@ def test_kill_9_of_the_supervisor_takes_its_children_and_clean_finishes(make_lab
     assert not any(
         Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children
     )
-    result = CliRunner().invoke(app, ["clean"])
+    result = CliRunner().invoke(app, ["clean", "--name", lab.name])
     assert result.exit_code == 0
     assert_gone(lab.name)
 

@@ -223,8 +223,10 @@ def test_conntrack_kinds(lab):
     assert lines(lab, "conntrack-exhaustion", "node-c1", ["free=10"]) == [
         "node-c1: conntrack: insert ASSURED filler entries until 10 slots are left, mark 0x1ab00007"
     ]
-    with pytest.raises(InputError, match="mode=ceiling needs max=N"):
-        plan(lab, "conntrack-exhaustion", "node-c1", ["mode=ceiling"])
+    # a ceiling without max= is the node's own table size as kube-proxy set it (the topology's conntrack max)
+    kind = get_kind("conntrack-exhaustion")
+    ceiling = kind.plan(lab, 7, "node-c1", parse_params(kind.name, kind.params, ["mode=ceiling"]))
+    assert ceiling.steps[0].args["ceiling"] == lab.topology.conntrack_max == 131072
     inv = plan(lab, "conntrack-invalid", "accounts-1", ["rate=5%"])
     assert inv.steps[0].args["argv"][:5] == ["@nfqdelay", "--queue", "7", "--mangle-seq", "0.050000"]
     assert inv.steps[1].args["tables"]["mangle"]["rules"] == [

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import typer
 from rich.table import Table
 
 from lab import faults
-from lab.cli.app import app, console, fail, print_json, progress
-from lab.errors import InputError, LabError
+from lab.cli.app import app, command, console, print_json, progress
+from lab.errors import InputError
 from lab.lab import Lab, default_lab_name
 from lab.models.common import parse_duration
 
@@ -29,23 +26,8 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
 
 
 def fault_command(name: str, epilog: str) -> Callable:
-    """fault_app.command plus the CLI's error boundary (one `Error:` line, exit 1)."""
-
-    def register(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*a: Any, **k: Any) -> Any:
-            try:
-                return fn(*a, **k)
-            except LabError as exc:
-                fail(str(exc))
-            except KeyboardInterrupt:
-                print("Interrupted.", file=sys.stderr, flush=True)
-                raise typer.Exit(130) from None
-
-        fault_app.command(name, epilog=epilog)(wrapper)
-        return fn
-
-    return register
+    """A `lab fault` sub-command with the CLI's error boundary (one `Error:` line, exit 1)."""
+    return command(name, on=fault_app, epilog=epilog)
 
 
 def _when(ts: float | None) -> str:
