@@ -165,6 +165,9 @@ def status(name: str) -> dict[str, Any]:
         out["processes"] = []
         out["problem"] = str(exc)
     out["elb"] = elb_view(lab)
+    from lab import faults  # faults build on lifecycle; imported here to keep that direction
+
+    out["faults"] = faults.status(lab, active_only=True)
     return out
 
 

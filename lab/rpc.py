@@ -70,6 +70,14 @@ def _pick(target: str | None, choices: list[str], what: str) -> str:
     return target
 
 
+def _thrift_error(exc: Exception) -> str:
+    """thriftpy2's transport errors in plain words (they print as TTransportException(type=4, ...))."""
+    message = getattr(exc, "message", None) or str(exc)
+    if "read 0 bytes" in message:
+        return "the connection was closed by the other side before the reply (TSocket read 0 bytes)"
+    return message
+
+
 def call(lab: Lab, service: str, method: str, args: list[str], target: Target, timeout: float = 5.0) -> dict[str, Any]:
     """Connect from the target's source host, make one RPC, report timings and the result."""
     from labservices.client import call as thrift_call
@@ -89,7 +97,7 @@ def call(lab: Lab, service: str, method: str, args: list[str], target: Target, t
         except OSError as exc:
             raise LabError(f"{method} over {target.describe()} failed: {exc.strerror or exc}") from None
         except Exception as exc:  # thriftpy2 transport errors carry no errno
-            raise LabError(f"{method} over {target.describe()} failed: {exc}") from None
+            raise LabError(f"{method} over {target.describe()} failed: {_thrift_error(exc)}") from None
     finally:
         sock.close()
     t2 = time.perf_counter()

@@ -125,6 +125,10 @@ def status_cmd(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
     )
     for p in bad:
         console.print(f"    {p['name']}: {p['state']} (restarts {p['restarts']}, exit {p['exit_code']})")
+    active = info.get("faults", [])
+    console.print(f"  faults    {len(active)} active" + (" (lab fault status)" if active else ""))
+    for f in active:
+        console.print(f"    {f['id']}: {f['kind']} on {f['target']} ({f['params_text']})")
     instances = sorted({i for e in info["elb"] for i in e["instances"]})
     table = Table(title="ELB health (each ELB node's view)", title_justify="left")
     table.add_column("ELB node")
