@@ -162,6 +162,8 @@ CASES = [
         "spec": {"connections": "per-request", "via": "pod", "target": "accounts-0"},
         "start": 400,
     },
+    # Not a ratio case: both pods straight from a node, to see that the generator itself keeps up.
+    {"name": "direct to both pods, per-request", "spec": {"connections": "per-request", "via": "pod"}, "start": 800},
 ]
 
 
