@@ -164,7 +164,7 @@ def metrics_cmd(
     record: Path = typer.Option(None, "--record", help="Also write the time series (JSON lines) to FILE."),
     nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Sample node counters too."),
     prometheus: bool = typer.Option(False, "--prometheus", help="Print Prometheus text exposition instead."),
-    json_out: bool = typer.Option(False, "--json", help="Print each interval as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print the interval as JSON (with --watch: one line each)."),
     name: str = NameOpt,
 ) -> None:
     """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics."""
@@ -184,7 +184,10 @@ def metrics_cmd(
                     r = _next(got, interval)
             else:
                 r = _next(got, interval)
-            if json_out:
+            if json_out and watch:  # one compact line per interval: JSON Lines for a pipe
+                sys.stdout.write(json.dumps(r, separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+            elif json_out:
                 print_json(r)
             elif prometheus:
                 sys.stdout.write(to_prometheus(rec.header, r))
