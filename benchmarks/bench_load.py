@@ -109,6 +109,13 @@ def step(lab: Lab, case: dict, rate: float, seconds: float, startup_cpu: float =
     }
 
 
+def settle(max_wait: float = 90.0, below: float = 3.0) -> None:
+    """Wait (bounded) for the machine to calm down: the previous step's backlog, or other people's work."""
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] > below and time.monotonic() < deadline:
+        time.sleep(2)
+
+
 def search(
     lab: Lab, case: dict, start: float, seconds: float, ceiling: float, startup: float
 ) -> tuple[dict | None, list[dict]]:
@@ -128,13 +135,14 @@ def search(
             break
         best = r
         rate = round(rate * 1.4)
-        time.sleep(1)
+        settle()
     lo = best["rate"] if best else 0
     for _ in range(2 if bad else 0):
         mid = round((lo + bad) / 2)
         if mid in (lo, bad):
             break
-        time.sleep(1)
+        time.sleep(10)  # an overloaded pod (thread per connection) takes a while to drain
+        settle()
         r = step(lab, case, mid, seconds, startup)
         tried.append(r)
         print(
@@ -174,25 +182,23 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} (figures are only meaningful on an idle machine)")
-    name = f"bench{secrets.token_hex(2)}"
-    lab = lifecycle.prepare(REPO / "topologies" / "default.yaml", name, [], "netns", 1.0)
-    lifecycle.up(lab)
     results = {}
-    try:
-        lab = Lab.load(name)
-        # A worker's interpreter start-up, to take off the generator's CPU per request.
-        g0 = children_cpu()
-        probe = LoadRun(lab, LoadSpec(service="accounts", rate=1, duration=0.2))
-        probe.start()
-        probe.wait()
-        startup = children_cpu() - g0
-        print(f"one worker's start-up: {startup:.2f} CPU s (taken off the generator's figures)")
-        for case in CASES:
+    for case in CASES:
+        # A fresh lab per case: an overloaded step leaves threads and conntrack entries behind.
+        settle()
+        name = f"bench{secrets.token_hex(2)}"
+        lifecycle.up(lifecycle.prepare(REPO / "topologies" / "default.yaml", name, [], "netns", 1.0))
+        try:
+            lab = Lab.load(name)
+            g0 = children_cpu()
+            probe = LoadRun(lab, LoadSpec(service="accounts", rate=1, duration=0.2))
+            probe.start()
+            probe.wait()
+            startup = children_cpu() - g0  # a worker's interpreter start-up, taken off the generator's CPU
             best, tried = search(lab, case, case["start"], args.step_seconds, args.ceiling, startup)
             results[case["name"]] = {"best": best, "tried": tried}
-            time.sleep(2)
-    finally:
-        lifecycle.down(name)
+        finally:
+            lifecycle.down(name)
     print()
     print(f"{'case':<30} {'max rate, p99<50ms':>20} {'p50 ms':>8} {'p99 ms':>8}   CPU µs per request")
     for case_name, r in results.items():
