@@ -189,3 +189,8 @@ def test_engine_classes_timeouts_and_refusals(server):
     free.close()  # nothing listens there now
     _, totals, _ = run_engine(("127.0.0.1", port), "pooled", rate=20)
     assert totals == {"connect-refused": 20}
+
+
+def test_help_has_examples():
+    res = CliRunner().invoke(app, ["load", "--help"])
+    assert res.exit_code == 0 and "Examples" in res.output and "lab load accounts --rate" in res.output

@@ -270,3 +270,9 @@ def test_plot_and_metrics_cli_bad_input(tmp_path):
     assert res.exit_code == 1 and res.output.strip().startswith("Error: --interval must be between 1")
     res = runner.invoke(app, ["metrics", "--interval", "5", "-n", "nolab"])
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "lab 'nolab' is not up" in res.output
+
+
+@pytest.mark.parametrize("cmd", ["metrics", "top", "plot"])
+def test_help_has_an_example(cmd):
+    res = CliRunner().invoke(app, [cmd, "--help"])
+    assert res.exit_code == 0 and "Example" in res.output and f"lab {cmd}" in res.output
