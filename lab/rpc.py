@@ -66,7 +66,8 @@ def _pick(target: str | None, choices: list[str], what: str) -> str:
     if target is None:
         return random.choice(choices)
     if target not in choices:
-        raise InputError(f"--target {target!r} is not a {what} here; choose one of: {', '.join(choices)}")
+        article = "an" if what[0] in "AEIOU" else "a"
+        raise InputError(f"--target {target!r} is not {article} {what} here; choose one of: {', '.join(choices)}")
     return target
 
 
