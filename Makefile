@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: setup
-	@$(SUDO) $(LAB) demo
+	@$(SUDO) $(LAB) demo --report reports/demo
 
 test: setup lint
 	@$(SUDO) $(VENV)/bin/pytest -q
+	@$(SUDO) $(LAB) matrix --all --quick --report reports/ci
 
 test-unit: setup
 	@$(VENV)/bin/pytest -q -m "not root"
@@ -41,8 +42,9 @@ lint: setup
 	@$(VENV)/bin/ruff check lab services tests benchmarks
 	@$(VENV)/bin/ruff format --check -q lab services tests benchmarks
 
+# Figures for README (not tests): run on a quiet machine.
 bench: setup
-	@$(SUDO) $(PY) benchmarks/bench_up_down.py
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(SUDO) $(PY) $$b || exit 1; done
 
 clean:
 	@[ ! -x $(LAB) ] || $(SUDO) $(LAB) clean

@@ -22,13 +22,14 @@ NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one la
 JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
 
 
-def _topology_path(path: Path | None) -> Path:
+def _topology_path(path: Path | None, seed: bool = False) -> Path:
     if path is not None:
         return path
-    if DEFAULT_TOPOLOGY.exists():
-        return DEFAULT_TOPOLOGY
-    packaged = Path(__file__).resolve().parents[3] / "topologies" / "default.yaml"
-    return packaged
+    name = "seed-2017.yaml" if seed else "default.yaml"
+    local = DEFAULT_TOPOLOGY.parent / name
+    if local.exists():
+        return local
+    return Path(__file__).resolve().parents[3] / "topologies" / name
 
 
 @command(
@@ -214,10 +215,27 @@ def schema_cmd(kind: str = typer.Argument("topology", help="topology or scenario
     print_json(schemas.SCHEMAS[kind]())
 
 
-@command("demo", epilog="Example:\n\n  lab demo")
-def demo_cmd(name: str = typer.Option("demo", "--name", "-n", help="Lab name for the demo.")) -> None:
-    """Bring the default lab up, make RPCs through every listener and ELB node, show status, tear down."""
-    lab = lifecycle.prepare(_topology_path(None), name)
+@command("demo", epilog="Examples:\n\n  lab demo\n\n  lab demo --tour-only")
+def demo_cmd(
+    name: str = typer.Option("demo", "--name", "-n", help="Lab name for the tour."),
+    tour_only: bool = typer.Option(False, "--tour-only", help="Only the tour of the path, not the matrix."),
+    report_dir: Path = typer.Option(Path("reports/demo"), "--report", help="Where the matrix writes its reports."),
+) -> None:
+    """The main job: a tour of the seed's path (up, an RPC through every listener and ELB node, status,
+    down), then the quick matrix of every hypothesis with the hypothesis x observation answer."""
+    _tour(name)
+    if tour_only:
+        return
+    from lab.cli.commands.scenario import finish_matrix
+    from lab.scenarios.matrix import run_matrix
+
+    with progress("lab matrix --all --quick") as step:
+        results = run_matrix([], True, [], report_dir, quick=True, progress=step)
+    finish_matrix(results, json_out=False)
+
+
+def _tour(name: str) -> None:
+    lab = lifecycle.prepare(_topology_path(None, seed=True), name)
     with progress(f"lab up {lab.name}") as step:
         result = lifecycle.up(lab, step)
     try:

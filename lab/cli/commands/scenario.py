@@ -117,7 +117,7 @@ def run_cmd(
     if not 0 < time_scale <= 1:
         raise InputError(f"--time-scale {time_scale:g}: must be > 0 and <= 1")
     results = _run([file], False, [], report_dir, time_scale < 1, time_scale, overrides, backend)
-    _finish(results, json_out)
+    finish_matrix(results, json_out)
 
 
 @command(
@@ -137,7 +137,7 @@ def matrix_cmd(
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
     results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend)
-    _finish(results, json_out)
+    finish_matrix(results, json_out)
 
 
 def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
@@ -146,7 +146,7 @@ def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
         return run_matrix(files, use_all, sets + list(overrides), report_dir, quick, scale, step, backend)
 
 
-def _finish(results: dict, json_out: bool) -> None:
+def finish_matrix(results: dict, json_out: bool) -> None:
     if json_out:
         print_json(results)
     else:
