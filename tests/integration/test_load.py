@@ -124,7 +124,8 @@ def test_bad_input_is_one_line(make_lab):
     assert res.exit_code == 1
     assert res.output.strip() == "Error: unknown service 'nosuch'; services: accounts, catalog"
     res = runner.invoke(app, ["load", "accounts", "-n", lab.name, "--rate", "10", "--duration", "1", "--target", "x"])
-    assert res.exit_code == 1 and res.output.startswith("Error: --target 'x' is not a ELB node here")
+    assert res.exit_code == 1 and res.output.startswith("Error: --target 'x' is not")
+    assert res.output.count("\n") == 1 and "elb-a1, elb-b1, elb-c1" in res.output
 
 
 def test_ctrl_c_prints_the_partial_result_and_leaves_nothing_running(make_lab):
