@@ -197,6 +197,7 @@ class LoadRun:
         self._listeners: list[Callable[[ClientSlice], None]] = []
         self.t0_wall = 0.0
         self.t0_mono = 0.0
+        self.grid_wall = 0.0
         self.ended = 0.0
 
     # --- lifecycle ---
@@ -252,8 +253,11 @@ class LoadRun:
             # A common start a little ahead, so no worker begins late (late = latency charged to the lab).
             self.t0_mono = time.monotonic() + 0.05
             self.t0_wall = time.time() + 0.05
+            # Slices on whole wall-clock seconds (before the start: slice 0 is the start's second).
+            self.grid_wall = math.floor(self.t0_wall / self.slice_s) * self.slice_s
+            grid_mono = self.t0_mono - (self.t0_wall - self.grid_wall)
             for proc in self._procs:
-                proc.stdin.write(f"go {self.t0_mono!r}\n".encode())
+                proc.stdin.write(f"go {self.t0_mono!r} {grid_mono!r}\n".encode())
                 proc.stdin.flush()
         except BaseException:
             self._kill()
@@ -359,7 +363,7 @@ class LoadRun:
             new = []
             for i in ready:
                 parts = self._pending.pop(i)
-                s = ClientSlice(self.t0_wall + i * self.slice_s, self.t0_wall + (i + 1) * self.slice_s)
+                s = ClientSlice(self.grid_wall + i * self.slice_s, self.grid_wall + (i + 1) * self.slice_s)
                 hists = {name: new_histogram() for name in HISTOGRAMS}
                 for p in parts:
                     for k, v in p["outcomes"].items():

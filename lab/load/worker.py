@@ -90,12 +90,15 @@ class _Slice:
 class Engine:
     """The open-loop schedule of one worker over an epoll set: run() returns when done, stopped or aborted."""
 
-    def __init__(self, spec: WorkerSpec, send, stop, abort, t0: float) -> None:
+    def __init__(self, spec: WorkerSpec, send, stop, abort, t0: float, grid: float | None = None) -> None:
         self.spec = spec
         self.send = send
         self.stop = stop
         self.abort = abort
         self.t0 = t0  # monotonic start, shared by all workers
+        # Slices start on this monotonic grid (the parent puts it on whole wall-clock seconds, where a
+        # recorder's intervals also start, so client and ELB figures cover the same time).
+        self.grid = t0 if grid is None else grid
         self.slices: dict[int, _Slice] = {}
         self.shipped = -1
         self.ep = select.epoll()
@@ -112,7 +115,7 @@ class Engine:
     # --- bookkeeping ---
 
     def _slice(self, t: float) -> _Slice:
-        idx = max(0, int((t - self.t0) / self.spec.slice_s))
+        idx = max(0, int((t - self.grid) / self.spec.slice_s))
         s = self.slices.get(idx)
         if s is None:
             s = self.slices[idx] = _Slice()
@@ -320,7 +323,7 @@ class Engine:
                 next_due = self.t0 + ramp.due(k) if k < total else float("inf")
             self._dispatch()
             self._expire(now)
-            self._ship(int((now - self.t0) / spec.slice_s))
+            self._ship(int((now - self.grid) / spec.slice_s))
             if k >= total and not self.waiting and self.busy == 0:
                 break
             if self.abort.is_set() or (stopping_at is not None and now >= stopping_at):
@@ -349,7 +352,7 @@ def _send(message: tuple) -> None:
 
 
 def main() -> None:
-    """`python -m lab.load.worker`: a pickled spec, then "go <t0>" on stdin; JSON lines out.
+    """`python -m lab.load.worker`: a pickled spec, then "go <t0> <grid>" on stdin; JSON lines out.
 
     SIGUSR1: stop scheduling and let requests in flight finish; SIGUSR2: abort them too.
     """
@@ -377,9 +380,9 @@ def main() -> None:
         return
     _send(("ready", spec.index, None))
     line = sys.stdin.readline().split()
-    if len(line) != 2 or line[0] != "go":
+    if len(line) != 3 or line[0] != "go":
         return  # the parent gave up before the start
-    engine = Engine(spec, _send, stop, abort, float(line[1]))
+    engine = Engine(spec, _send, stop, abort, float(line[1]), float(line[2]))
     try:
         final = engine.run()
     except BaseException as exc:

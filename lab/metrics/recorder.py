@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -183,7 +184,8 @@ class Recorder:
             for inst, counts in s.backend.items():
                 self.series.step((name, inst), counts.failed)
         self._prev_elb, self._prev_nodes, self._t_prev = elbs, nodes, t
-        self._t0 = t
+        # Interval ends on whole wall-clock seconds, where a load run's client slices end too.
+        self._grid = float(math.ceil(t))
 
     def _sample(self, final: bool = False) -> dict[str, Any]:
         t, elbs, nodes = self._take()
@@ -209,7 +211,7 @@ class Recorder:
     def _loop(self) -> None:
         k = 1
         while not self._stop.is_set():
-            due = self._t0 + k * self.interval
+            due = self._grid + k * self.interval
             if self._stop.wait(max(0.0, due - time.time())):
                 return
             try:
@@ -219,7 +221,7 @@ class Recorder:
                 return
             except Exception as exc:  # one bad sample (a tool timed out): the next interval covers both
                 self.event("sampling failed", error=f"{type(exc).__name__}: {exc}")
-            k = max(k + 1, int((time.time() - self._t0) / self.interval) + 1)  # skip, never pile up
+            k = max(k + 1, int((time.time() - self._grid) / self.interval) + 1)  # skip, never pile up
 
 
 def read_series(path: Path | str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
