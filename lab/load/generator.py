@@ -416,6 +416,12 @@ class LoadRun:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def drained(self) -> bool:
+        """Finished, and every slice taken by take_client (a recorder may let go of it)."""
+        with self._lock:
+            return self._done and self._taken >= len(self._slices)
+
     def snapshot(self) -> list[ClientSlice]:
         with self._lock:
             return list(self._slices)

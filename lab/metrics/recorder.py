@@ -93,7 +93,7 @@ class Recorder:
         self.path = Path(path) if path else None
         self.interval = check_interval(interval)
         self.with_nodes = nodes
-        self.client = client
+        self.clients: list[ClientSource] = [client] if client is not None else []
         self.note = note
         self.elb = ElbSampler(lab)
         self.node_hosts = [lab.host(n.name) for n in lab.topology.k8s_nodes] if nodes else []
@@ -117,8 +117,13 @@ class Recorder:
         self._listeners.append(fn)
 
     def attach_client(self, client: ClientSource) -> None:
-        """Add client outcomes and latency (e.g. a LoadRun) to the following intervals."""
-        self.client = client
+        """Add a client's outcomes and latency (e.g. a LoadRun) to the intervals from now on.
+
+        Several may be attached (one load after another, or side by side): their slices are merged, and
+        a finished one is kept until its last slice has been taken.
+        """
+        with self._write_lock:
+            self.clients.append(client)
 
     def start(self) -> None:
         self.elb.ensure_accounting()
@@ -141,7 +146,7 @@ class Recorder:
         if self._thread is not None:
             self._thread.join(timeout=60)
         # A short tail is still recorded when a client is attached: its last requests must not go missing.
-        if final_interval and (time.time() - self._t_prev >= 1.0 or self.client is not None):
+        if final_interval and (time.time() - self._t_prev >= 1.0 or self.clients):
             with contextlib.suppress(Exception):
                 self._sample(final=True)
         self._write({"type": "end", "t": round(time.time(), 3), "intervals": self._seq})
@@ -190,10 +195,20 @@ class Recorder:
     def _sample(self, final: bool = False) -> dict[str, Any]:
         t, elbs, nodes = self._take()
         client = None
-        if self.client is not None:
+        with self._write_lock:
+            clients = list(self.clients)
+        if clients:
             time.sleep(CLIENT_GRACE_S)
-            taken = self.client.take_client(float("inf") if final else t)  # the last interval takes the rest
-            client = (taken or ClientSlice(self._t_prev, t)).to_dict()
+            merged = ClientSlice(self._t_prev, t)
+            for c in clients:
+                taken = c.take_client(float("inf") if final else t)  # the last interval takes the rest
+                if taken is not None:
+                    merged.merge(taken)
+                elif getattr(c, "drained", False):
+                    with self._write_lock:
+                        self.clients.remove(c)  # finished and fully taken
+            merged.t_start, merged.t_end = self._t_prev, t
+            client = merged.to_dict()
         record = {
             "type": "interval",
             "seq": self._seq,

@@ -196,3 +196,26 @@ def test_metrics_cli_json_prometheus_and_plot(make_lab, tmp_path):
     res = runner.invoke(app, ["top", "-n", lab.name, "-i", "1", "--count", "1"])
     assert res.exit_code == 0, res.output
     assert "BackendConnectionErrors" in res.stdout and "conntrack entries" in res.stdout
+
+
+def test_recorder_follows_loads_one_after_another(make_lab, tmp_path):
+    """A scenario attaches one load per phase: every request of each shows up once, in step with the ELB."""
+    from lab.load import LoadRun, LoadSpec
+
+    lab = make_lab()
+    rec = Recorder(lab, tmp_path / "phases.jsonl", interval=1, nodes=False)
+    rec.start()
+    results = []
+    for rate in (150, 60):
+        run = LoadRun(lab, LoadSpec(service="accounts", rate=rate, duration=2, connections="per-request"))
+        run.start()
+        rec.attach_client(run)
+        results.append(run.wait())
+    time.sleep(1.5)
+    rec.stop()
+    _, intervals, _ = read_series(tmp_path / "phases.jsonl")
+    clients = sum((r["client"] or {}).get("requests", 0) for r in intervals)
+    sessions = sum(r["elb"]["metrics"]["RequestCount"]["all"] for r in intervals)
+    assert [r.requests for r in results] == [300, 120]
+    assert clients == sessions == 420
+    assert all(r["elb"]["metrics"]["BackendConnectionErrors"]["all"] == 0 for r in intervals)
