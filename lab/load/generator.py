@@ -298,10 +298,11 @@ class LoadRun:
                         break
                     self._lock.wait(timeout=0.2 if left is None else min(0.2, left))
         finally:
-            self._reap()
+            self.close()
         return self.result()
 
-    def _reap(self) -> None:
+    def close(self) -> None:
+        """Reap the workers (killing any still running) and the collector; idempotent."""
         deadline = time.monotonic() + 2.0
         for proc in self._procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -328,7 +329,7 @@ class LoadRun:
     def __exit__(self, *exc: Any) -> None:
         if not self._done:
             self.stop(abort=True)
-        self._reap()
+        self.close()
 
     # --- the per-slice stream ---
 
@@ -471,4 +472,4 @@ def run_load(lab: Lab, spec: LoadSpec, on_slice: Callable[[ClientSlice], None] |
     except KeyboardInterrupt:
         return run.stop(abort=True)
     finally:
-        run._reap()
+        run.close()

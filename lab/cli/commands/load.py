@@ -163,7 +163,7 @@ def load_cmd(
         interrupted = True
         result = run.stop(abort=True)
     finally:
-        run._reap()
+        run.close()
         with contextlib.suppress(OSError):
             live_path.unlink()
         if recorder is not None:
