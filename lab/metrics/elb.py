@@ -4,8 +4,9 @@ Each metric comes as CloudWatch gives it: `all` (the whole ELB: Sum for counts, 
 `by_elb_node` (the ELB node dimension CloudWatch hides behind Min/Max/Average) and `by_az`
 (the AvailabilityZone dimension). Counts are per interval; gauges are their value at the interval's end.
 
-    RequestCount             connections the ELB's listeners accepted and handed to an instance
-                             (TCP listener: HAProxy frontend sessions)
+    RequestCount             TCP listener: connections made from the ELB to the instances (HAProxy's
+                             server connects that did not fail; a client connection no instance took
+                             is not counted, one that succeeded on a retry counts once)
     BackendConnectionErrors  backend connect attempts that failed, health checks and retries included
                              (kernel accounting in the ELB node, see lab.metrics.accounting)
     HealthyHostCount /       instances this ELB node sends to / does not (InService / OutOfService)
@@ -53,7 +54,8 @@ class ElbNodeSample:
     backend: dict[str, BackendCounts]  # per instance, from the kernel
     sessions: int = 0  # listener frontends' stot
     traffic_connects: int = 0  # listener backends' server `connect` (attempts to instances)
-    traffic_failures: int = 0  # listener backends' server econ + wretr (failed attempts, retries included)
+    traffic_failures: int = 0  # listener backends' server econ + wretr + wredis (failed attempts: each
+    # failed connect ends in an error, a retry to the same instance or a redispatch to another)
     backend_failures: int = 0  # listener backends' BACKEND econ (includes failures with no server)
     queued: int = 0  # listener backends' qcur
     connect_ms: float | None = None  # HAProxy ctime of the listener backends (moving average)
@@ -83,7 +85,7 @@ def parse_stats(rows: list[dict[str, str]]) -> dict[str, Any]:
                 ctimes.append((_int(row, "connect"), _int(row, "ctime")))
         else:
             out["traffic_connects"] += _int(row, "connect")
-            out["traffic_failures"] += _int(row, "econ") + _int(row, "wretr")
+            out["traffic_failures"] += _int(row, "econ") + _int(row, "wretr") + _int(row, "wredis")
     if ctimes:
         weight = sum(n for n, _ in ctimes)
         out["connect_ms"] = sum(n * ms for n, ms in ctimes) / weight
@@ -163,7 +165,8 @@ def elb_interval(
         before = p.backend if p else {}
         attempts[name] = sum(c.backend[i].attempts - before.get(i, BackendCounts()).attempts for i in c.backend)
         refused[name] = sum(c.backend[i].refused - before.get(i, BackendCounts()).refused for i in c.backend)
-        requests[name] = c.sessions - (p.sessions if p else 0)
+        made = c.traffic_connects - c.traffic_failures
+        requests[name] = max(0, made - ((p.traffic_connects - p.traffic_failures) if p else 0))
         traffic_errors[name] = c.traffic_failures - (p.traffic_failures if p else 0)
         spill[name] = max(
             0, (c.backend_failures - c.traffic_failures) - ((p.backend_failures - p.traffic_failures) if p else 0)

@@ -91,23 +91,37 @@ def test_error_series_never_negative_and_sums_exactly():
 def test_elb_stats_from_haproxy_show_stat():
     stats = elb.parse_stats(rows(SHOW_STAT))
     assert stats["sessions"] == 2  # two client connections on the listeners
-    assert stats["traffic_connects"] == 8 and stats["traffic_failures"] == 8  # econ 2 + wretr 6
+    assert stats["traffic_connects"] == 8 and stats["traffic_failures"] == 8  # econ 2 + wretr 6 (+ wredis 0)
     assert stats["backend_failures"] == 2 and stats["queued"] == 0
     assert stats["health"] == {"node-a1": "InService"}  # UP 5/6: failing, not yet at the threshold
 
 
 def sample(t, failed_attempts, established=0, sessions=0, traffic=0, health="InService", az="us-east-1a"):
+    """`sessions`: client connections that reached an instance; `traffic`: failed connects on the way."""
     backend = {"node-a1": accounting.BackendCounts(attempts=failed_attempts + established, established=established)}
     return elb.ElbNodeSample(
         t=t,
         az=az,
         backend=backend,
         sessions=sessions,
+        traffic_connects=sessions + traffic,
         traffic_failures=traffic,
         backend_failures=traffic,
         connect_ms=2.0,
         health={"node-a1": health},
     )
+
+
+def test_request_count_is_connections_made_to_instances():
+    # 10 client connections; 4 connects failed (one instance dropping SYNs) and were redispatched: 10 made.
+    prev = {"elb-a1": sample(0, 0)}
+    cur = {"elb-a1": sample(60, 4, established=10, sessions=10, traffic=4)}
+    assert elb.elb_interval(prev, cur)["metrics"]["RequestCount"]["all"] == 10
+    # every instance down: the listener accepts, no instance is connected to: nothing made
+    cur = {
+        "elb-a1": elb.ElbNodeSample(t=60, az="us-east-1a", backend={}, sessions=25, health={"node-a1": "OutOfService"})
+    }
+    assert elb.elb_interval(prev, cur)["metrics"]["RequestCount"]["all"] == 0
 
 
 def test_cloudwatch_metrics_sum_per_elb_node_and_per_az():
