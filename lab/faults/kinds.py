@@ -358,10 +358,15 @@ def _az_target(lab: Lab, name: str | None, _p: Any) -> str:
 def plan_exhaustion(lab: Lab, fid: int, target: str, p: ExhaustionParams) -> Plan:
     args: dict[str, Any] = {"fault": fid}
     if p.mode == "ceiling":
+        # A smaller table: real entries may use `ceiling` slots, coming and going as on a real node.
         args["ceiling"] = p.max or lab.topology.conntrack_max
-    else:
-        args["free"] = p.free
-    return Plan([Step("conntrack-fill", target, args)])
+        return Plan([Step("conntrack-fill", target, args)])
+    args["free"] = p.free
+    # A full table stays full: a keeper tops the fillers up whenever one of the node's own entries expires.
+    marker = ["lab.faults.keeper", "--fault", str(fid)]
+    keeper = Step("helper", target, {"argv": ["@python", "-m", *marker, "--free", str(p.free)], "marker": marker,
+                                     "log": f"fault-{fid}-{target}.keeper.log"})  # fmt: skip
+    return Plan([Step("conntrack-fill", target, args), keeper])
 
 
 def _node_target(lab: Lab, name: str | None, _p: Any) -> str:

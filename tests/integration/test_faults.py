@@ -176,7 +176,7 @@ def test_bad_input_is_one_line_and_applies_nothing(make_lab):
         (
             ["fault", "apply", "conntrack-exhaustion", "--target", "node-a1", "mode=ceiling", "max=999999999",
              "-n", lab.name],
-            "Error: fault conntrack-exhaustion: parameter max=999999999: must be below nf_conntrack_max",
+            "Error: fault conntrack-exhaustion: parameter max=999999999: must be below this machine's nf_conntrack_max",
         ),
         (["fault", "revert", "42", "-n", lab.name], "Error: no fault 42 in lab"),
     ]  # fmt: skip

@@ -221,7 +221,8 @@ def test_stale_endpoints_and_backlog_and_idle(lab):
 
 def test_conntrack_kinds(lab):
     assert lines(lab, "conntrack-exhaustion", "node-c1", ["free=10"]) == [
-        "node-c1: conntrack: insert ASSURED filler entries until 10 slots are left, mark 0x1ab00007"
+        "node-c1: conntrack: insert ASSURED filler entries until 10 slots are left, mark 0x1ab00007",
+        "node-c1: run python -m lab.faults.keeper --fault 7 --free 10",
     ]
     # a ceiling without max= is the node's own table size as kube-proxy set it (the topology's conntrack max)
     kind = get_kind("conntrack-exhaustion")
