@@ -154,7 +154,11 @@ def statistic(
     """`stat` of `metric` over the phase [t_start, t_end): None when the run holds no data for it."""
     if metric.kind == "phase":
         return phase_value(load, metric.name)
-    inside = [r for r in intervals if t_start <= (r["t_start"] + r["t_end"]) / 2 < t_end]
+    # Intervals wholly inside the phase: one straddling a boundary mixes two phases (a fault applied at
+    # the start of the next one would show up in this one). Fall back to midpoints for very short phases.
+    inside = [r for r in intervals if r["t_start"] >= t_start - 0.05 and r["t_end"] <= t_end + 0.05]
+    if not inside:
+        inside = [r for r in intervals if t_start <= (r["t_start"] + r["t_end"]) / 2 < t_end]
     values = [v for v in (metric.extract(r) for r in inside) if v is not None]  # type: ignore[misc]
     if not values:
         return None

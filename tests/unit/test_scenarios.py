@@ -201,6 +201,14 @@ def test_per_minute_is_per_elb_minute_under_a_time_scale():
     assert statistic(metric, "per_minute", intervals, 100, 110) is None  # no data is not zero
 
 
+def test_an_interval_straddling_a_phase_boundary_is_left_out():
+    # idle ends at 6.0; the interval 5.3-6.3 holds errors of the next phase's fault (applied at 6.1)
+    metric = CATALOG["elb.BackendConnectionErrors"]
+    intervals = [interval(t + 0.3, 0) for t in range(5)] + [interval(5.3, 4), interval(6.3, 50)]
+    assert statistic(metric, "sum", intervals, 0.0, 6.0) == 0
+    assert statistic(metric, "sum", intervals, 6.0, 7.5) == 50
+
+
 def test_o1_needs_two_sizes_and_proportional_floors():
     obs = observations([run("three", 3, 3), run("nine", 9, 9)], 0.1, [])
     assert obs["O1"]["reproduced"] is True and "x3.00" in obs["O1"]["figure"]
