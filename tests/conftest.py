@@ -35,6 +35,15 @@ def assert_golden(relative: str, text: str) -> None:
     assert text == path.read_text(), f"{path.name} differs; review the diff, then LAB_UPDATE_GOLDEN=1 to accept"
 
 
+def single_error(result) -> str:
+    """The one `Error: ...` line a CLI call printed (exit 1, no traceback)."""
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
 def unique_lab_name(prefix: str = "t") -> str:
     return f"{prefix}{secrets.token_hex(3)}"
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lab.cli import app
-from tests.conftest import TOPOLOGIES
+from tests.conftest import TOPOLOGIES, single_error
 
 runner = CliRunner()
 COMMANDS = ["up", "down", "status", "clean", "call", "exec", "schema", "demo"]
@@ -16,14 +16,6 @@ COMMANDS = ["up", "down", "status", "clean", "call", "exec", "schema", "demo"]
 
 def invoke(*args: str):
     return runner.invoke(app, list(args))
-
-
-def single_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

@@ -27,7 +27,7 @@ from lab.models.yamlio import load_model
 from lab.render import kind
 from lab.render.plan import build_plan
 from lab.state import LabState
-from tests.conftest import TOPOLOGIES, assert_golden, unique_lab_name
+from tests.conftest import TOPOLOGIES, assert_golden, single_error, unique_lab_name
 
 IMAGE = "k8s-elb-lab/labservices:test"
 VARIANTS = {"default": "default.yaml", "seed-2017": "seed-2017.yaml"}
@@ -232,14 +232,6 @@ def test_unprivileged_ports_below_1024_get_the_safe_sysctl():
 
 
 # --- the CLI: dry run, bad input, pre-flight ---
-
-
-def single_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_dry_run_needs_no_docker_and_prints_the_whole_plan(monkeypatch, tmp_path):
