@@ -6,7 +6,7 @@ LAB := $(VENV)/bin/lab
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup demo test test-unit test-integration test-kind lint bench clean distclean
+.PHONY: setup demo test test-deps test-unit test-integration test-kind lint bench clean distclean
 
 setup: $(STAMP) $(VENV)/bin/lab-nfqdelay
 	@./scripts/install-system-deps.sh
@@ -24,14 +24,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	@$(SUDO) $(LAB) demo --report reports/demo
 
-test: setup lint
+test: setup test-deps lint
 	@$(SUDO) $(VENV)/bin/pytest -q
 	@$(SUDO) $(LAB) matrix --all --quick --report reports/ci
+
+# Only the test suite's extra packages (busybox-static, Debian's docker.io without its default daemon).
+test-deps: setup
+	@./scripts/install-system-deps.sh --test
 
 test-unit: setup
 	@$(VENV)/bin/pytest -q -m "not root"
 
-test-integration: setup
+test-integration: setup test-deps
 	@$(SUDO) $(VENV)/bin/pytest -q -m root
 
 # The kind tier alone (needs docker, kind, kubectl and an engine that can pull; see docs/kind.md).

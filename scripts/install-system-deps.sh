@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the lab drives (idempotent: a quick no-op when all are present).
+# --test: also what only the test suite needs (busybox-static and Debian's Docker engine for the
+# container-namespace fault test); `make demo` and everyday use never install Docker.
 set -euo pipefail
+for_tests=false
+[ "${1:-}" = "--test" ] && for_tests=true
 
 packages=(
   haproxy          # the ELB nodes
@@ -14,9 +18,11 @@ packages=(
   kmod             # modprobe for optional kernel modules
   libnetfilter-queue-dev  # the userspace delay path when the kernel lacks sch_netem
   gcc libc6-dev    # to build that small NFQUEUE helper
-  busybox-static   # the tiny local image of the container-namespace fault test (no registry needed)
   python3-venv
 )
+if $for_tests; then
+  packages+=(busybox-static)  # the tiny local image of the container-namespace fault test (no registry needed)
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -29,7 +35,9 @@ fi
 # Debian's Docker engine, for the test that starts its own private dockerd (no iptables, no bridge): only where
 # no engine is installed (never over Docker CE), and the package must not start or enable the default daemon,
 # which would add iptables rules and docker0 to this machine.
-command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || [ -x /usr/bin/dockerd ] || missing+=(docker.io)
+if $for_tests; then
+  command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || [ -x /usr/bin/dockerd ] || missing+=(docker.io)
+fi
 missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
 [ ${#missing[@]} -eq 0 ] && exit 0
 
