@@ -120,25 +120,25 @@ def _connecting(syn_sent_text: str) -> set[tuple[str, str]]:
     return out
 
 
-def parse_counts(iptables_text: str, syn_sent: list[str], ips: dict[str, str]) -> dict[str, BackendCounts]:
-    """Counts per instance from `iptables-save -c -t filter` and `ss` listings of SYN-SENT sockets. Pure.
+def parse_counts(attempts_text: str, syn_sent: str, answers_text: str, ips: dict[str, str]) -> dict[str, BackendCounts]:
+    """Counts per instance from two `iptables-save -c -t filter` dumps and the SYN-SENT sockets between them. Pure.
 
-    Pass the SYN-SENT listings taken just before and just after the counters: an attempt connecting at
-    either moment is treated as still connecting, so the estimate of failures can lag by an attempt
-    for one sample but never runs ahead (no false error is ever reported for a healthy instance).
+    Attempts come from the first dump, answers from the second, sockets from `ss` in between: an attempt
+    counted in the first dump was either answered by the second or still connecting at `ss` (or it failed),
+    so the failure estimate can lag by an attempt for one sample but never runs ahead. One dump is not
+    enough: the kernel hands the chains over one after the other, and an attempt made while the dump is
+    between them, answered before `ss` looks, would count as a failure that never happened.
     """
     out = {name: BackendCounts() for name in ips}
-    for rule in parse_iptables_counters(iptables_text, prefix="LAB-ELB-"):
-        m = _COMMENT.search(rule.rule)
-        if not m or m.group(2) not in out:
-            continue
-        field = {"attempt": "attempts"}.get(m.group(1), m.group(1))
-        setattr(out[m.group(2)], field, getattr(out[m.group(2)], field) + rule.packets)
+    for text, fields in ((attempts_text, {"attempt"}), (answers_text, {"established", "refused"})):
+        for rule in parse_iptables_counters(text, prefix="LAB-ELB-"):
+            m = _COMMENT.search(rule.rule)
+            if not m or m.group(1) not in fields or m.group(2) not in out:
+                continue
+            field = {"attempt": "attempts"}.get(m.group(1), m.group(1))
+            setattr(out[m.group(2)], field, getattr(out[m.group(2)], field) + rule.packets)
     by_ip = {ip: name for name, ip in ips.items()}
-    sockets: set[tuple[str, str]] = set()
-    for listing in syn_sent:
-        sockets |= _connecting(listing)
-    for _, peer in sockets:
+    for _, peer in _connecting(syn_sent):
         ip = peer.rpartition(":")[0].strip("[]")
         if ip in by_ip:
             out[by_ip[ip]].connecting += 1
@@ -146,12 +146,12 @@ def parse_counts(iptables_text: str, syn_sent: list[str], ips: dict[str, str]) -
 
 
 def read_counts(host: Host, ips: dict[str, str]) -> dict[str, BackendCounts]:
-    """Counters and the attempts in flight around them, read by one process inside the ELB node."""
-    ss = "ss -Htn state syn-sent"
-    script = f"{ss} && echo '{SEPARATOR}' && iptables-save -c -t filter && echo '{SEPARATOR}' && {ss}"
+    """Attempts, then the attempts in flight, then the answers: in this order, by one process in the ELB node."""
+    dump = "iptables-save -c -t filter"
+    script = f"{dump} && echo '{SEPARATOR}' && ss -Htn state syn-sent && echo '{SEPARATOR}' && {dump}"
     text = host.run(["sh", "-c", script], timeout=20).stdout
-    before, ipt, after = (text.split(SEPARATOR + "\n") + ["", ""])[:3]
-    return parse_counts(ipt, [before, after], ips)
+    attempts, syn_sent, answers = (text.split(SEPARATOR + "\n") + ["", ""])[:3]
+    return parse_counts(attempts, syn_sent, answers, ips)
 
 
 class ErrorSeries:

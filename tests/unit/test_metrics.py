@@ -47,12 +47,9 @@ COMMIT
 # Completed on Sat Nov 28 16:54:57 2026
 """
 # `ss -Htn state syn-sent` in an ELB node: two health checks in flight to node-a1, one to node-b1
-SYN_SENT_BEFORE = """0      1          172.20.64.5:40734     172.20.64.16:30090
+SYN_SENT = """0      1          172.20.64.5:40734     172.20.64.16:30090
 0      1          172.20.64.5:40782     172.20.64.16:30090
 0      1          172.20.64.5:51000     172.20.128.16:30090
-"""
-SYN_SENT_AFTER = """0      1          172.20.64.5:40782     172.20.64.16:30090
-0      1          172.20.64.5:40790     172.20.64.16:30090
 """
 IPS = {"node-a1": "172.20.64.16", "node-b1": "172.20.128.16"}
 
@@ -73,12 +70,23 @@ def test_rules_count_first_syns_answers_and_leave_client_flows_untracked():
 
 
 def test_counts_from_captured_output_with_attempts_in_flight():
-    counts = accounting.parse_counts(IPTABLES_SAVE_ACCT, [SYN_SENT_BEFORE, SYN_SENT_AFTER], IPS)
+    counts = accounting.parse_counts(IPTABLES_SAVE_ACCT, SYN_SENT, IPTABLES_SAVE_ACCT, IPS)
     a1 = counts["node-a1"]
     assert (a1.attempts, a1.established, a1.refused) == (10, 1, 0)
-    # Connecting at either moment counts as connecting (3 distinct sockets): never an error too early.
-    assert a1.connecting == 3 and a1.failed == 6
+    assert a1.connecting == 2 and a1.failed == 7
     assert counts["node-b1"].connecting == 1 and counts["node-b1"].failed == 0
+
+
+def test_attempts_come_from_the_first_dump_and_answers_from_the_second():
+    # An attempt made and answered while the counters were read: the second dump sees 11 attempts and
+    # 2 answers, the first 10 and 1. Mixing them the wrong way would report a failure that never happened.
+    later = IPTABLES_SAVE_ACCT.replace("[10:600]", "[11:660]").replace(
+        "[1:60] -A LAB-ELB-ANSWERS", "[2:120] -A LAB-ELB-ANSWERS"
+    )
+    right = accounting.parse_counts(IPTABLES_SAVE_ACCT, SYN_SENT, later, IPS)["node-a1"]
+    assert (right.attempts, right.established) == (10, 2) and right.failed == 6
+    wrong = accounting.parse_counts(later, SYN_SENT, IPTABLES_SAVE_ACCT, IPS)["node-a1"]
+    assert wrong.failed == 8  # the phantom error the order prevents
 
 
 def test_error_series_never_negative_and_sums_exactly():
