@@ -215,15 +215,18 @@ def schema_cmd(kind: str = typer.Argument("topology", help="topology or scenario
     print_json(schemas.SCHEMAS[kind]())
 
 
-@command("demo", epilog="Examples:\n\n  lab demo\n\n  lab demo --tour-only")
+@command("demo", epilog="Examples:\n\n  lab demo\n\n  lab demo --tour-only -t topologies/seed-2017.yaml")
 def demo_cmd(
     name: str = typer.Option("demo", "--name", "-n", help="Lab name for the tour."),
+    topology: Path | None = typer.Option(
+        None, "--topology", "-t", help="Topology for the tour (default: topologies/default.yaml)."
+    ),
     tour_only: bool = typer.Option(False, "--tour-only", help="Only the tour of the path, not the matrix."),
     report_dir: Path = typer.Option(Path("reports/demo"), "--report", help="Where the matrix writes its reports."),
 ) -> None:
-    """The main job: a tour of the seed's path (up, an RPC through every listener and ELB node, status,
-    down), then the quick matrix of every hypothesis with the hypothesis x observation answer."""
-    _tour(name)
+    """The main job: a tour of the path (the default lab up, an RPC through every listener and ELB node,
+    status, down), then the quick matrix of every hypothesis with the hypothesis x observation answer."""
+    _tour(name, topology)
     if tour_only:
         return
     from lab.cli.commands.scenario import finish_matrix
@@ -234,8 +237,8 @@ def demo_cmd(
     finish_matrix(results, json_out=False)
 
 
-def _tour(name: str) -> None:
-    lab = lifecycle.prepare(_topology_path(None, seed=True), name)
+def _tour(name: str, topology: Path | None) -> None:
+    lab = lifecycle.prepare(_topology_path(topology), name)
     with progress(f"lab up {lab.name}") as step:
         result = lifecycle.up(lab, step)
     try:
