@@ -149,3 +149,17 @@ def test_a_cidr_overlapping_the_hosts_routes_is_rejected_before_anything_is_crea
     line = result.output.strip()
     assert line.startswith("Error: ") and "overlaps this host's route" in line and "\n" not in line
     assert_gone(name)
+
+
+def test_demo_tour_calls_through_every_listener_and_elb_node_then_leaves_nothing():
+    name = unique_lab_name()
+    proc = subprocess.run(
+        [*LAB, "demo", "--tour-only", "--name", name], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│ :")]
+    pairs = {(cells[0].split()[1], cells[1]) for cells in ([c.strip() for c in r.strip("│").split("│")] for r in rows)}
+    services = ["accounts", "catalog"]  # default.yaml's listeners
+    assert pairs == {(s, e) for s in services for e in ("elb-a1", "elb-b1", "elb-c1")}
+    assert "InService" in proc.stdout and "processes 7/7 running" in proc.stdout
+    assert_gone(name)
