@@ -68,7 +68,7 @@ class _Conn:
         self.out = memoryview(b"")
         self.buf = bytearray()
         self.gen = 0  # the live timer's id; any other timer for this fd is void
-        self.events = 0
+        self.events: int | None = 0  # None: not registered with epoll (parked in the pool)
 
 
 class _Slice:
@@ -157,9 +157,18 @@ class Engine:
         heapq.heappush(self.timers, (time.monotonic() + seconds, self.timer_seq, conn.fd, conn.gen))
 
     def _watch(self, conn: _Conn, events: int) -> None:
-        if conn.events != events:
+        if conn.events is None:
+            self.ep.register(conn.fd, events)
+            conn.events = events
+        elif conn.events != events:
             self.ep.modify(conn.fd, events)
             conn.events = events
+
+    def _park(self, conn: _Conn) -> None:
+        """An idle pooled connection is not watched, as a Thrift client pool does not watch its sockets
+        (TSocket.isOpen() stays true after the server closes): the next call on it finds out, and fails."""
+        self.ep.unregister(conn.fd)
+        conn.events = None
 
     def _open(self, due: float) -> _Conn | None:
         """A new non-blocking connection, connecting; None if it failed at once (the request is then done)."""
@@ -215,7 +224,7 @@ class Engine:
         self.busy -= 1
         if self.spec.mode == "pooled" and outcome == OK:
             conn.state, conn.connect_s, conn.gen = IDLE, None, 0
-            self._watch(conn, IN)  # readable while idle: the server closed it
+            self._park(conn)
             self.idle.append(conn)
             return
         self._close(conn)
@@ -233,11 +242,6 @@ class Engine:
                 return
             conn.connect_s = time.monotonic() - conn.t0
             self._begin(conn)
-            return
-        if conn.state == IDLE:  # the server closed an idle pooled connection (or sent what nobody asked for)
-            self._close(conn)
-            self.idle.remove(conn)
-            self.idle.append(None)
             return
         if ev & OUT and len(conn.out):
             self._write(conn)

@@ -126,16 +126,27 @@ def test_cli_bad_input_is_one_line(tmp_path):
 # --- the engine against a real server on loopback ---
 
 
-@pytest.fixture
-def server():
+def serving(**kwargs):
     listener = listen_tcp("127.0.0.1", 0, 128)
     stop = threading.Event()
-    t = threading.Thread(target=serve, args=(listener, PodIdentity("svc", "pod-0")), kwargs={"stop": stop}, daemon=True)
+    kwargs["stop"] = stop
+    t = threading.Thread(target=serve, args=(listener, PodIdentity("svc", "pod-0")), kwargs=kwargs, daemon=True)
     t.start()
     yield listener.getsockname()
     stop.set()
     t.join(timeout=5)
     listener.close()
+
+
+@pytest.fixture
+def server():
+    yield from serving()
+
+
+@pytest.fixture
+def closing_server():
+    """A server that closes a connection idle for 0.2 s, as the ELB does at its idle timeout."""
+    yield from serving(idle_timeout=0.2)
 
 
 def run_engine(addr, mode, rate=200, duration=1.0, call=None, timeout=1.0, connect_timeout=1.0):
@@ -178,6 +189,14 @@ def test_engine_no_stale_timeout_hits_a_reused_socket(server):
     # still queued; none of them may fire on the new connection.
     _, totals, _ = run_engine(server, "per-request", rate=400, duration=2.5, timeout=0.25, connect_timeout=0.2)
     assert totals == {"ok": 1000}
+
+
+def test_pooled_connections_closed_while_idle_fail_on_reuse_like_a_thrift_pool(closing_server):
+    # 4 calls/s over 4 pooled connections: each idles ~1 s, the server closes it after 0.2 s. The first
+    # call on each connection succeeds, the next one finds it closed and fails, and so on.
+    _, totals, _ = run_engine(closing_server, "pooled", rate=4, duration=2.0)
+    assert totals.pop("ok") == 4
+    assert set(totals) <= {"reset", "other"} and sum(totals.values()) == 4  # RST, or EOF first
 
 
 def test_engine_classes_timeouts_and_refusals(server):
