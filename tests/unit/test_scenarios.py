@@ -149,6 +149,14 @@ def test_validate_cli_is_one_line_on_error(tmp_path):
     assert ok.exit_code == 0 and "ok" in ok.output
 
 
+def test_run_cli_quick_and_time_scale_are_one_or_the_other():
+    result = CliRunner().invoke(app, ["scenario", "run", "baseline", "--quick", "--time-scale", "0.5"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: --quick and --time-scale: choose one (--quick uses the scenario's quick time scale)"
+    ]
+
+
 # --- statistics and observations on synthetic runs -----------------------------------------------------------
 
 

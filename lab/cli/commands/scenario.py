@@ -100,7 +100,8 @@ def metrics_cmd(json_out: bool = JsonOpt) -> None:
 @command(
     "run",
     on=scenario_app,
-    epilog="Examples:\n\n  lab scenario run baseline --time-scale 0.1\n\n"
+    epilog="Examples:\n\n  lab scenario run baseline --quick\n\n"
+    "  lab scenario run hc-fanout --time-scale 0.5\n\n"
     "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout",
 )
 def run_cmd(
@@ -109,6 +110,7 @@ def run_cmd(
     time_scale: float = typer.Option(
         1.0, "--time-scale", help="Shrink the ELB's and the scenario's timers (0 < F <= 1)."
     ),
+    quick: bool = typer.Option(False, "--quick", help="The scenario's own quick settings, as `lab matrix --quick`."),
     overrides: list[str] = typer.Option([], "--set", help="Extra topology override KEY=VALUE (repeatable)."),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
@@ -116,7 +118,10 @@ def run_cmd(
     """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails."""
     if not 0 < time_scale <= 1:
         raise InputError(f"--time-scale {time_scale:g}: must be > 0 and <= 1")
-    results = _run([file], False, [], report_dir, time_scale < 1, time_scale, overrides, backend)
+    if quick and time_scale != 1:
+        raise InputError("--quick and --time-scale: choose one (--quick uses the scenario's quick time scale)")
+    scale = None if quick else time_scale
+    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend)
     finish_matrix(results, json_out)
 
 
