@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TOPOLOGIES = REPO / "topologies"
 IS_ROOT = os.geteuid() == 0
+
+# Started in the background of a non-interactive shell (`make test &`), the test run inherits SIGINT
+# ignored, and every CLI it starts would keep ignoring it, as Unix programs should: the Ctrl-C tests need
+# SIGINT delivered, so the run gives its children the default disposition back (a handler resets on exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

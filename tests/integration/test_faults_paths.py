@@ -48,10 +48,13 @@ def check_of(lab, elb: str, node: str) -> dict[str, str]:
 
 def stays_in_service(lab, elb: str, node: str, seconds: float = 3.5) -> bool:
     """UP with a passing layer-4 check, and checks kept running (at 1/s) through the whole wait."""
-    first = int(check_of(lab, elb, node)["chkdown"] or 0)
+    first = check_of(lab, elb, node)
     time.sleep(seconds)
     row = check_of(lab, elb, node)
-    return row["status"] == "UP" and row["check_status"] == "L4OK" and int(row["chkdown"] or 0) == first
+    seen = {k: (first[k], row[k]) for k in ("status", "check_status", "chkdown", "chkfail", "last_chk")}
+    ok = row["status"] == "UP" and row["check_status"] == "L4OK" and (row["chkdown"] or 0) == (first["chkdown"] or 0)
+    assert ok, f"{elb} -> {node} (before, after): {seen}"
+    return ok
 
 
 def test_first_listener_check_stays_green_while_another_listener_fails(make_lab):
