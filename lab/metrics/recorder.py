@@ -32,6 +32,9 @@ CLIENT_GRACE_S = 0.25  # a load run's slice ending at an interval boundary arriv
 class ClientSource(Protocol):
     def take_client(self, until_wall: float) -> ClientSlice | None: ...
 
+    @property
+    def drained(self) -> bool: ...  # finished, and every slice taken: the recorder may let go of it
+
 
 def check_interval(interval: float) -> float:
     if not (interval >= MIN_INTERVAL) or interval > 3600:
@@ -204,7 +207,7 @@ class Recorder:
                 taken = c.take_client(float("inf") if final else t)  # the last interval takes the rest
                 if taken is not None:
                     merged.merge(taken)
-                elif getattr(c, "drained", False):
+                elif c.drained:
                     with self._write_lock:
                         self.clients.remove(c)  # finished and fully taken
             merged.t_start, merged.t_end = self._t_prev, t

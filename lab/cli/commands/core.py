@@ -22,14 +22,12 @@ NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one la
 JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
 
 
-def _topology_path(path: Path | None, seed: bool = False) -> Path:
+def _topology_path(path: Path | None) -> Path:
     if path is not None:
         return path
-    name = "seed-2017.yaml" if seed else "default.yaml"
-    local = DEFAULT_TOPOLOGY.parent / name
-    if local.exists():
-        return local
-    return Path(__file__).resolve().parents[3] / "topologies" / name
+    if DEFAULT_TOPOLOGY.exists():
+        return DEFAULT_TOPOLOGY
+    return Path(__file__).resolve().parents[3] / "topologies" / "default.yaml"
 
 
 @command(
