@@ -59,3 +59,14 @@ def instance_health(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
                 "check_duration_ms": row.get("check_duration", ""),
             }
     return out
+
+
+def queues(rows: list[dict[str, str]]) -> dict[str, int]:
+    """The listener backends' queues: connections waiting for a server now (qcur, summed) and the most
+    that ever waited at once (qmax). Only an ELB with per-instance connection limits queues at all."""
+    out = {"queued": 0, "queued_max": 0}
+    for row in rows:
+        if row.get("svname") == "BACKEND" and row.get("pxname") not in (HEALTH_BACKEND, "prometheus"):
+            out["queued"] += int(row.get("qcur") or 0)
+            out["queued_max"] = max(out["queued_max"], int(row.get("qmax") or 0))
+    return out

@@ -12,7 +12,7 @@ from lab.load.outcomes import OUTCOMES
 # 1 µs .. 1 h at 3 significant digits: every timeout the CLI accepts fits; ~150 kB per live histogram.
 LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-HISTOGRAMS = ("latency", "connect", "rpc")
+HISTOGRAMS = ("latency", "connect", "rpc", "send_lag")
 
 
 def new_histogram() -> HdrHistogram:
@@ -54,7 +54,9 @@ class ClientSlice:
 
     `latency` runs from each request's scheduled start to its reply (open loop: queueing and stalls
     included); `connect` is the TCP connect time of new connections; `rpc` is send-to-reply on the
-    connection. Histograms travel encoded (HdrHistogram's compressed base64 form).
+    connection; `send_lag` is how late the generator got to each request after its due time (its own lag
+    behind the schedule, by due time: lab.metrics.saturation judges it). Histograms travel encoded
+    (HdrHistogram's compressed base64 form).
     """
 
     t_start: float

@@ -318,7 +318,10 @@ class Engine:
                 k, next_due = total, float("inf")
                 stopping_at = now + spec.connect_timeout + spec.timeout + 1.0
             while next_due <= now:  # never early: latency is measured from the due time
-                self._slice(next_due).scheduled += 1
+                due_slice = self._slice(next_due)
+                due_slice.scheduled += 1
+                # How late this loop got to the request: the generator's own lag (a starved CPU), not the server's.
+                record(due_slice.hist("send_lag"), now - next_due)
                 if len(self.waiting) >= spec.max_inflight * 4:
                     self.not_sent += 1  # the client itself is overwhelmed; never silently: reported
                 else:

@@ -23,6 +23,7 @@ from lab.load.stats import ClientSlice
 from lab.metrics.accounting import ErrorSeries
 from lab.metrics.elb import ElbNodeSample, ElbSampler, elb_interval
 from lab.metrics.node import NodeSample, node_interval, sample_node
+from lab.metrics.saturation import SaturationSampler
 
 SCHEMA = 1
 MIN_INTERVAL = 1.0
@@ -101,6 +102,7 @@ class Recorder:
         self.elb = ElbSampler(lab)
         self.node_hosts = [lab.host(n.name) for n in lab.topology.k8s_nodes] if nodes else []
         self.series = ErrorSeries()
+        self.saturation = SaturationSampler(lab)  # is the lab itself the bottleneck? (a `saturation` section)
         self.records: list[dict[str, Any]] = []
         self.header: dict[str, Any] = {}
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -192,6 +194,7 @@ class Recorder:
             for inst, counts in s.backend.items():
                 self.series.step((name, inst), counts.failed)
         self._prev_elb, self._prev_nodes, self._t_prev = elbs, nodes, t
+        self._prev_sat = self.saturation.take()
         # Interval ends on whole wall-clock seconds, where a load run's client slices end too.
         self._grid = float(math.ceil(t))
 
@@ -221,6 +224,9 @@ class Recorder:
             "nodes": {n: node_interval(self._prev_nodes.get(n), s) for n, s in nodes.items()},
             "client": client,
         }
+        sat = self.saturation.take()
+        record["saturation"] = self.saturation.section(self._prev_sat, sat, self.interval, client)
+        self._prev_sat = sat
         self._prev_elb, self._prev_nodes, self._t_prev = elbs, nodes, t
         self._seq += 1
         self._write(record)
@@ -239,6 +245,7 @@ class Recorder:
                 return
             except Exception as exc:  # one bad sample (a tool timed out): the next interval covers both
                 self.event("sampling failed", error=f"{type(exc).__name__}: {exc}")
+                self.saturation.failed += 1
             k = max(k + 1, int((time.time() - self._grid) / self.interval) + 1)  # skip, never pile up
 
 

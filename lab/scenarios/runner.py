@@ -21,6 +21,7 @@ from lab.errors import LabError
 from lab.lab import Lab
 from lab.load import LoadRun, LoadSpec
 from lab.metrics import Recorder
+from lab.metrics.saturation import assess_intervals
 from lab.models.scenario import Phase
 from lab.scenarios.evaluate import evaluate
 from lab.scenarios.loader import LoadedScenario
@@ -66,6 +67,8 @@ def run_scenario(loaded: LoadedScenario, opts: RunOptions, progress: Progress = 
     try:
         for variant in scn.variant_names():
             entry["runs"].append(_run_variant(loaded, variant, scale, opts, progress))
+            for reason in entry["runs"][-1]["limited_reasons"]:
+                progress(f"{sid}: LAB-LIMITED ({variant}): {reason}")
         entry.update(evaluate(loaded, entry["runs"], scale))
         entry["status"] = "passed" if all(e["passed"] for e in entry["expectations"]) else "failed"
         for run in entry["runs"]:
@@ -74,6 +77,9 @@ def run_scenario(loaded: LoadedScenario, opts: RunOptions, progress: Progress = 
         entry["error"] = str(exc)
     finally:
         entry["seconds"] = round(time.time() - started, 1)
+        # Lab-limited runs prove nothing about the hypothesis: their verdicts must not count.
+        reasons = [f"{r['variant']}: {why}" for r in entry["runs"] for why in r.get("limited_reasons", [])]
+        entry.update(lab_limited=bool(reasons), limited_reasons=reasons)
     entry["plots"] = _plots(entry, opts.report_dir)
     return entry
 
@@ -111,6 +117,7 @@ def _run_variant(loaded: LoadedScenario, variant: str, scale: float, opts: RunOp
             finally:
                 recorder.stop()
                 run["intervals"] = recorder.records
+                run.update(assess_intervals(recorder.records).to_dict())  # lab_limited, limited_reasons
         finally:
             with contextlib.suppress(Exception):
                 faults.revert(lab, reason="scenario end")

@@ -18,6 +18,7 @@ from lab.cli.app import command, console, err_console, print_json
 from lab.errors import InputError
 from lab.lab import Lab, default_lab_name
 from lab.load import OUTCOMES, ClientSlice, LoadResult, LoadRun, LoadSpec
+from lab.metrics.saturation import SaturationWatch, assess, slice_lags
 from lab.models.common import parse_duration
 
 EXAMPLES = (
@@ -89,6 +90,8 @@ def print_result(d: dict[str, Any]) -> None:
         console.print("; ".join(extra))
     for e in d["errors"]:
         console.print(f"[red]{e}[/]")
+    for reason in d.get("limited_reasons", []):
+        console.print(f"[yellow]Warning: lab-limited: {reason}; these figures measure this machine, not the path[/]")
 
 
 @command("load", epilog=EXAMPLES)
@@ -150,11 +153,13 @@ def load_cmd(
             f.write(json.dumps(s.to_dict()) + "\n")
 
     run.on_slice(publish)
+    watch = SaturationWatch(lab)  # is the lab itself the bottleneck? (judged with the send lag at the end)
     result: LoadResult | None = None
     interrupted = False
     try:
         if recorder is not None:
             recorder.start()
+        watch.start()
         run.start()
         if recorder is not None:
             recorder.event("load started", service=service, rate=rate, rate_end=rate_end, connections=connections)
@@ -164,6 +169,7 @@ def load_cmd(
         result = run.stop(abort=True)
     finally:
         run.close()
+        sections = watch.stop()
         with contextlib.suppress(OSError):
             live_path.unlink()
         if recorder is not None:
@@ -171,6 +177,7 @@ def load_cmd(
                 recorder.event("load ended", interrupted=interrupted)
             recorder.stop()
     data = result.to_dict()
+    data.update(assess(sections, lags=slice_lags(data["per_second"])).to_dict())
     if json_file == "-":
         print_json(data)
     else:

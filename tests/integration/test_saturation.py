@@ -1,0 +1,79 @@
+"""The lab knows when it is the bottleneck: a saturated run is flagged lab-limited, a modest baseline is not.
+
+Real labs, the real `lab load` CLI; the CPU hogs are busy loops started inside the lab's node namespaces
+for the run (checked there with `ip netns pids`) and always killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.root
+
+LAB = [sys.executable, "-m", "lab.cli.__main__"]
+
+
+def lab_load(lab: str, *args: str, record: str | None = None) -> dict:
+    extra = ["--record", record, "--interval", "5"] if record else []
+    proc = subprocess.run(
+        [*LAB, "load", "accounts", "-n", lab, *args, *extra, "--json", "-"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_a_modest_baseline_is_not_lab_limited(make_lab, tmp_path):
+    lab = make_lab()
+    run = tmp_path / "run.jsonl"
+    data = lab_load(lab.name, "--rate", "50", "--duration", "20s", "-c", "per-request", record=str(run))
+    assert data["ok_ratio"] >= 0.999, data["outcomes"]
+    assert data["lab_limited"] is False, data["limited_reasons"]
+    assert data["histograms_ms"]["send_lag"]["count"] == data["requests"] == 1000
+    intervals = [json.loads(line) for line in run.read_text().splitlines() if '"type":"interval"' in line]
+    assert intervals and all("saturation" in r for r in intervals)
+    s = intervals[1]["saturation"]
+    # The lab's own processes are found and measured: HAProxy, the pods, the load workers.
+    assert {"HAProxy", "pods", "load generator"} <= set(s["lab_cpu"]), s["lab_cpu"]
+    assert s["send_lag_ms"]["count"] > 0 and s["faults"] == []
+
+
+def test_a_cpu_hog_in_the_lab_is_flagged(make_lab):
+    lab = make_lab()
+    nodes = [n.name for n in lab.topology.k8s_nodes]
+    hogs: list[subprocess.Popen] = []
+    try:
+        for i in range(2 * (os.cpu_count() or 1) + 1):  # more busy loops than cores: every core stays busy
+            hogs.append(lab.host(nodes[i % len(nodes)]).popen(["sh", "-c", "while :; do :; done"]))
+        found = subprocess.run(
+            ["ip", "netns", "pids", f"lab.{lab.name}.{nodes[0]}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert found, "the busy loops run inside the lab's node namespace"
+        data = lab_load(lab.name, "--rate", "50", "--duration", "20s", "-c", "per-request")
+    finally:
+        for p in hogs:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait()
+    assert data["lab_limited"] is True
+    assert any(r.startswith("machine CPU 95% busy or more") for r in data["limited_reasons"]), data["limited_reasons"]
+    assert "nodes" in " ".join(data["limited_reasons"])  # the hogs' group is named among the CPU's users
+
+
+def test_a_rate_beyond_the_machine_is_flagged(make_lab):
+    lab = make_lab()
+    data = lab_load(lab.name, "--rate", "3000", "--duration", "10s", "-c", "per-request")
+    assert data["lab_limited"] is True
+    reasons = " ".join(data["limited_reasons"])
+    assert "the load generator sent requests up to" in reasons or "machine CPU" in reasons, reasons
