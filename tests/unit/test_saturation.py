@@ -187,3 +187,14 @@ def test_accept_queue_overflows_count_only_without_a_fault():
     assert not assess([section(pod_overflows={"accounts-0": 400}, faults=["syn-backlog"])]).lab_limited
     assert not assess([section(elb_overflows={"elb-a1": 9}, faults=["conntrack-exhaustion"])]).lab_limited
     assert not assess([section(pod_overflows={})]).lab_limited
+
+
+def test_lab_metrics_shows_the_lab_and_warns_when_an_interval_is_limited():
+    from lab.cli.commands.metrics import saturation_lines
+
+    calm = saturation_lines({"saturation": section(lag={"p99": 1.2, "max": 3.0, "count": 50})})
+    assert calm.startswith("Lab: machine CPU 30% busy (softirq 8%); lab processes pods 0.50, HAProxy 0.40")
+    assert "send lag p99 1.2 ms" in calm and "Warning" not in calm
+    hot = saturation_lines({"saturation": section(seconds=5, busy=0.99, wait_ms=5.0)})
+    assert "Warning: lab-limited: machine CPU 95% busy or more for 5 of 5 s recorded" in hot
+    assert saturation_lines({"elb": {}}) is None  # a series recorded before saturation sampling existed

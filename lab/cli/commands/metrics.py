@@ -137,12 +137,36 @@ def client_table(client: dict[str, Any] | None, title: str = "Client") -> Table 
     return table
 
 
+def saturation_lines(record: dict[str, Any]) -> str | None:
+    """Was the lab itself the bottleneck in this interval? Its CPU, waits, queues, and any lab-limited reason."""
+    from lab.metrics.saturation import assess
+
+    s = record.get("saturation")
+    if not s:
+        return None
+    cpu, lag = s["cpu"], s.get("send_lag_ms")
+    groups = sorted(s["lab_cpu"].items(), key=lambda kv: -kv[1])
+    wait = max((w["per_slice_ms"] for w in s.get("cpu_wait", {}).values()), default=0.0)
+    line = (
+        f"Lab: machine CPU {cpu['busy']:.0%} busy (softirq {cpu['softirq']:.0%}); lab processes "
+        + ", ".join(f"{g} {v:.2f}" for g, v in groups[:4])
+        + f" cores; CPU wait up to {wait:.2f} ms per wake-up"
+        + (f"; send lag p99 {lag['p99']:.1f} ms" if lag else "")
+        + f"; accept queues ELB {s['haproxy']['accept_queue']}, pods {s['pods']['accept_queue']}"
+        + f"; HAProxy queued {s['haproxy']['queued']}"
+    )
+    for reason in assess([s]).limited_reasons:
+        line += f"\n[yellow]Warning: lab-limited: {reason}[/]"
+    return line
+
+
 def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str, Any] | None = None) -> Group:
     parts = [
         elb_table(record, header),
         errors_line(record),
         nodes_table(record),
         client_table(client or record.get("client")),
+        saturation_lines(record),
     ]
     return Group(*[p for p in parts if p is not None])
 
