@@ -76,6 +76,8 @@ HEADINGS = {
 
 @dataclass
 class Report:
+    """Every check; ok when nothing required failed."""
+
     checks: list[Check] = field(default_factory=list)
     tests: bool = False  # were the test suite's programs required?
 
@@ -95,7 +97,8 @@ class Report:
         missing = [c for c in self.problems if c.section == "programs"]
         if missing:
             packages = " ".join(sorted({c.package for c in missing if c.package != "-"}))
-            parts.append(f"missing {', '.join(c.name for c in missing)} (apt-get install {packages})")
+            install = f" (apt-get install {packages})" if packages else ""
+            parts.append(f"missing {', '.join(c.name for c in missing)}{install}")
         parts += [f"{c.name}: {c.fix or c.detail}" for c in self.problems if c.section != "programs"]
         return f"NOT READY: {what} cannot run here: {'; '.join(parts)}"
 
