@@ -92,8 +92,11 @@ in_root() {  # the README's steps, as root in the fresh clone, with a clean envi
     bash -c "cd /root/k8s-elb-lab && $1"
 }
 
-step "debootstrap $suite (minbase + make, ca-certificates) into $root" \
-  debootstrap --variant=minbase --include=make,ca-certificates "$suite" "$root" "$mirror" >"$work/debootstrap.log"
+bootstrap() {
+  debootstrap --variant=minbase --include=make,ca-certificates "$suite" "$root" "$mirror" >"$work/debootstrap.log" ||
+    { tail -20 "$work/debootstrap.log"; return 1; }
+}
+step "debootstrap $suite (minbase + make, ca-certificates) into $root" bootstrap
 
 copy_config() {
   # apt: the host's sources (enabled files only) and their keys; pip: its config files.
@@ -107,10 +110,15 @@ copy_config() {
     [ -f "$HOME/$f" ] && install -D -m 644 "$HOME/$f" "$root/root/$f"
   done
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+  # The host's own certificate authorities (a proxy's, a company's): HTTPS to the package indexes trusts them here.
+  if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
+    cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+    chroot "$root" update-ca-certificates >/dev/null
+  fi
   git clone --quiet "$repo" "$root/root/k8s-elb-lab"
   git -C "$root/root/k8s-elb-lab" log --oneline -1
 }
-step "copy apt sources, pip configuration, resolv.conf; git clone the repository" copy_config
+step "copy apt sources, pip configuration, resolv.conf, local CAs; git clone the repository" copy_config
 
 mount_all() {
   mount -t proc proc "$root/proc"
