@@ -2,30 +2,35 @@
 # Does a fresh clone pass on a fresh machine? Builds a clean Debian root (debootstrap, minbase: what a new
 # server or a debian:<release> CI image has, plus `make`), puts a `git clone` of this repository in it and runs
 # the README's steps there in a chroot: `make setup`, then `lab doctor` (and with --unit the unit tests,
-# with --test `make test`, with --demo `make demo`). Prints each step's time; exit 1 when a step fails.
+# with --test `make test`, with --demo `make demo`, with --then any command in the clone). Prints each step's
+# time; exit 1 when a step fails.
 #
 # Needs root and debootstrap (`apt-get install debootstrap`: only for this check, not a project dependency).
 # The clone is of the committed HEAD (uncommitted changes are not in it). The host's apt sources and pip
 # configuration are copied in, so installs resolve the same way. Everything runs in a private mount
 # namespace; the root, its mounts and every process left inside are removed on every exit path.
 #
-#   sudo scripts/fresh-machine-check.sh                 # make setup + lab doctor (~5 min)
+#   sudo scripts/fresh-machine-check.sh                 # make setup + lab doctor (~2 min here)
 #   sudo scripts/fresh-machine-check.sh --unit          # ... + the unit tests
 #   sudo scripts/fresh-machine-check.sh --test          # ... + make test (15-25 min more)
+#   sudo scripts/fresh-machine-check.sh --then 'make test-deps && .venv/bin/pytest -q tests/integration/test_doctor.py'
 #   sudo scripts/fresh-machine-check.sh --keep          # leave the root in place to look around (prints where)
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
-unit=false test=false demo=false keep=false
-for arg in "$@"; do
-  case "$arg" in
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+unit=false test=false demo=false keep=false then=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --unit) unit=true ;;
     --test) test=true ;;
     --demo) demo=true ;;
     --keep) keep=true ;;
+    --then) [ $# -ge 2 ] || { echo "Error: --then needs a command, e.g. --then 'make test-unit'" >&2; exit 1; }
+      then="$2"; shift ;;
     -h | --help) usage; exit 0 ;;
-    *) echo "Error: unknown option $arg; use --unit, --test, --demo, --keep (see --help)" >&2; exit 1 ;;
+    *) echo "Error: unknown option $1; use --unit, --test, --demo, --then CMD, --keep (see --help)" >&2; exit 1 ;;
   esac
+  shift
 done
 [ "$(id -u)" -eq 0 ] || { echo "Error: needs root (debootstrap, chroot, mounts); run with sudo" >&2; exit 1; }
 command -v debootstrap >/dev/null || {
@@ -133,4 +138,5 @@ step "lab doctor" in_root ".venv/bin/lab doctor"
 if $unit; then step "unit tests" in_root ".venv/bin/pytest -q -m 'not root'"; fi
 if $test; then step "make test" in_root "make test"; fi
 if $demo; then step "make demo" in_root "make demo"; fi
+if [ -n "$then" ]; then step "$then" in_root "$then"; fi
 echo "fresh-machine check: every step passed"
