@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from shutil import which
 
 import pytest
 from labservices.client import client_on_socket, echo_payload
@@ -74,13 +75,15 @@ def test_cross_az_loss_and_the_peering_link(make_lab):
 def _ping(lab, source: str, ip: str, count: int, interval: str = "0.01") -> tuple[float, float | None]:
     """(loss %, average RTT ms or None when nothing came back) of `ping` from a lab host."""
     argv = ["ping", "-n", "-q", "-c", str(count), "-i", interval, "-W", "1", ip]
-    proc = subprocess.run(["ip", "netns", "exec", ns(lab.name, source), *argv], capture_output=True, text=True)
+    cmd = ["ip", "netns", "exec", ns(lab.name, source), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     summary = re.search(r"([\d.]+)% packet loss", proc.stdout)
-    # ping exits 1 when replies are missing (a loss test expects that); anything else is ping itself failing.
+    # A summary means ping ran (its exit 1 only says replies were lost, as the loss tests want); none: ping failed.
     if summary is None:
+        missing = "" if which("ping") else " (ping is not installed: apt-get install iputils-ping, or make test-deps)"
         raise AssertionError(
             f"`{' '.join(argv)}` in {source} gave no summary (exit {proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip() or 'no output'} (is iputils-ping installed? lab doctor --tests)"
+            f"{(proc.stderr or proc.stdout).strip() or 'no output'}{missing}"
         )
     rtt = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
     return float(summary.group(1)), float(rtt.group(1)) if rtt else None
