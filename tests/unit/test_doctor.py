@@ -72,12 +72,26 @@ def programs_called(source: str, helpers: dict[str, int] | None = None) -> set[s
     and shutil.which("x")."""
     tree = ast.parse(source)
     helpers = {**(helpers or {}), **command_helpers(tree)}
-    assigned: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and (program := _literal_program(node.value)):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    assigned.setdefault(target.id, set()).add(program)
+    assigned: dict[str, set[str]] = {}  # argv = ["conntrack", ...]; cmd = ["ip", "netns", "exec", ns, *argv]
+
+    def argv_programs(node: ast.AST) -> set[str]:
+        """Programs of an argv expression: a literal (and the command its wrapper runs), or a name assigned one."""
+        if isinstance(node, ast.Name):
+            return assigned.get(node.id, set())
+        program = _literal_program(node)
+        if program is None:
+            return set()
+        last = node.elts[-1]
+        if program in WRAPPERS and isinstance(last, ast.Starred) and isinstance(last.value, ast.Name):
+            return {program, *assigned.get(last.value.id, set())}
+        return {program}
+
+    for _ in range(2):  # twice: a wrapper's list may be assigned before the list it wraps is seen
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and (programs := argv_programs(node.value)):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        assigned.setdefault(target.id, set()).update(programs)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
@@ -90,13 +104,7 @@ def programs_called(source: str, helpers: dict[str, int] | None = None) -> set[s
         args = node.args
         if name in RUNNERS or name in EXECS:
             for arg in args:
-                if program := _literal_program(arg):
-                    found.add(program)
-                    last = arg.elts[-1]
-                    if program in WRAPPERS and isinstance(last, ast.Starred) and isinstance(last.value, ast.Name):
-                        found |= assigned.get(last.value.id, set())  # ["ip", "netns", "exec", ns, *argv]
-                elif isinstance(arg, ast.Name):
-                    found |= assigned.get(arg.id, set())
+                found |= argv_programs(arg)
         if name in EXECS and args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
             found.add(args[0].value)
         if name == "which" and args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
@@ -154,6 +162,9 @@ helper(h, "frob-helper", "-v")
 tool("subcommand")
 wrapped = ["frob-wrapped", "-q"]
 subprocess.run(["ip", "netns", "exec", "ns", *wrapped])
+inner = ["frob-inner"]
+outer = ["nsenter", "--net=x", "--", *inner]
+subprocess.run(outer)
 other.run("not-a-program")
 subprocess.run([sys.executable, "-m", "x"])
 """
@@ -162,7 +173,7 @@ subprocess.run([sys.executable, "-m", "x"])
 def test_the_scan_reports_a_program_missing_from_the_registry():
     found = programs_called(SYNTHETIC)
     assert found == {"nsenter", "frob-run", "frob-popen", "frob-var", "frob-exec", "frob-which", "frob-spec",
-                     "frob-helper", "frob-tool", "ip", "frob-wrapped", "frob-call"}  # fmt: skip
+                     "frob-helper", "frob-tool", "ip", "frob-wrapped", "frob-call", "frob-inner"}  # fmt: skip
     listed = {p.name for p in doctor.load_programs()}
     assert found - listed == found - {"nsenter", "ip"}
 
