@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.faults.model import NOT_INJECTED
+from lab.faults.store import FaultStore
 from lab.haproxy_stats import queues, show_stat
 from lab.hosts import pids_in_netns
 from lab.lab import Lab
@@ -152,9 +154,6 @@ class SaturationSampler:
     def __init__(self, lab: Lab):
         self.lab = lab
         self.failed = 0  # samples of the recorder that failed since the last section (set by the recorder)
-        hosts = lab.hosts
-        self._group = {h.netns: (h.name, h.role) for h in hosts.values()}
-        self._watched = [h for h in hosts.values() if h.role in ("elb", "pod")]
         self._supervisor = int((lab.info or {}).get("supervisor_pid") or 0)
         self._stats_sockets: dict[str, Path] = {}
         for e in lab.topology.elb_nodes:
@@ -165,11 +164,13 @@ class SaturationSampler:
         """Read everything; a part that cannot be read (a process gone, a socket busy) is left out."""
         t = time.time()
         cpu = parse_proc_stat(_read("/proc/stat"))
+        hosts = self.lab.hosts.values()  # asked each time: the backend knows when a host changed (a new pod)
+        group = {h.netns: (h.name, h.role) for h in hosts}
         procs: dict[int, tuple[str, int]] = {}
         waits: dict[int, tuple[int, int]] = {}
         pid_of: dict[str, int] = {}
-        for netns, pids in pids_in_netns(list(self._group)).items():
-            host, role = self._group[netns]
+        for netns, pids in pids_in_netns(list(group)).items():
+            host, role = group[netns]
             for pid in pids:
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     procs[pid] = (GROUPS.get(role, role), parse_proc_pid_stat(_read(f"/proc/{pid}/stat")))
@@ -180,9 +181,9 @@ class SaturationSampler:
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     procs[pid] = (group, parse_proc_pid_stat(_read(f"/proc/{pid}/stat")))
         listen: dict[str, dict[str, tuple[int, int]]] = {"elb": {}, "pod": {}}
-        for h in self._watched:
+        for h in hosts:
             pid = pid_of.get(h.name)
-            if pid is None:
+            if pid is None or h.role not in listen:
                 continue
             with contextlib.suppress(OSError, ValueError, IndexError):
                 overflows = parse_listen_overflows(_read(f"/proc/{pid}/net/netstat"))
@@ -194,9 +195,6 @@ class SaturationSampler:
         return Snapshot(t, cpu, procs, listen, haproxy, self._faults(), waits)
 
     def _faults(self) -> list[str]:
-        from lab.faults.model import NOT_INJECTED
-        from lab.faults.store import FaultStore
-
         try:
             return sorted({f.kind for f in FaultStore(self.lab.state).load() if f.state != NOT_INJECTED})
         except Exception:

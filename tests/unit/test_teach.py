@@ -11,14 +11,14 @@ from typer.testing import CliRunner
 
 from lab.cli import app
 from lab.errors import InputError
-from lab.lifecycle import load_topology
+from lab.spec import load_topology
 from lab.teach import diagnose as dg
 from lab.teach.diagram import layout, mermaid, render_image
 from lab.teach.elblog import parse_line
 from lab.teach.explain import explain
 from lab.teach.flows import parse_xml
 from lab.teach.nftrace import parse_monitor, ruleset
-from lab.teach.trace import Hop, TraceResult
+from lab.teach.tracedata import Hop, TraceResult
 from lab.toolbox import RuleCounter
 from tests.conftest import TOPOLOGIES
 

@@ -139,7 +139,7 @@ def client_table(client: dict[str, Any] | None, title: str = "Client") -> Table 
 
 def saturation_lines(record: dict[str, Any]) -> str | None:
     """Was the lab itself the bottleneck in this interval? Its CPU, waits, queues, and any lab-limited reason."""
-    from lab.metrics.saturation import assess
+    from lab.metrics.saturation import assess  # imported at use for start-up speed
 
     s = record.get("saturation")
     if not s:
@@ -172,7 +172,7 @@ def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str
 
 
 def _recorder(lab: Lab, interval: float, record: Path | None, nodes: bool):
-    from lab.metrics import Recorder
+    from lab.metrics.recorder import Recorder
 
     return Recorder(lab, record, interval=interval, nodes=nodes, note="lab metrics")
 
@@ -192,7 +192,7 @@ def metrics_cmd(
     name: str = NameOpt,
 ) -> None:
     """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics."""
-    from lab.metrics import to_prometheus
+    from lab.metrics.exposition import to_prometheus
     from lab.metrics.recorder import check_interval
 
     check_interval(interval)
