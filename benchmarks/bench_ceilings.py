@@ -126,14 +126,17 @@ def main() -> None:
     ap.add_argument("--step-seconds", type=float, default=8.0)
     ap.add_argument("--ceiling", type=float, default=20000)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only", choices=[c["name"].split()[0] for c in CASES], help="one case (re-run a disturbed one)")
+    ap.add_argument("--no-sampling-cost", action="store_true", help="skip measuring the sampling's cost")
     args = ap.parse_args()
+    cases = [c for c in CASES if args.only in (None, c["name"].split()[0])]
     print(f"load average before: {os.getloadavg()[0]:.2f} (other work on the machine lowers the ceilings)")
     results: dict = {}
     name = f"bench{secrets.token_hex(2)}"
     lifecycle.up(lifecycle.prepare(REPO / "topologies" / "default.yaml", name, [], "netns", 1.0))
     try:
         lab = Lab.load(name)
-        results["sampling"] = cost = sampling_cost(lab)
+        results["sampling"] = cost = sampling_cost(lab, 5 if args.no_sampling_cost else 30)
         print(
             f"saturation sampling: {cost['cpu_ms_per_sample']:.2f} ms CPU per sample = "
             f"{cost['share_of_machine_at_1s']:.2%} of this {CORES}-core machine at a 1 s interval "
@@ -142,7 +145,7 @@ def main() -> None:
         )
     finally:
         lifecycle.down(name)
-    for case in CASES:
+    for case in cases:
         name = f"bench{secrets.token_hex(2)}"  # a fresh lab per case: an overloaded step leaves threads behind
         lifecycle.up(lifecycle.prepare(REPO / "topologies" / "default.yaml", name, [], "netns", 1.0))
         try:
@@ -152,7 +155,7 @@ def main() -> None:
             lifecycle.down(name)
     print()
     print(f"{'case':<26} {'ceiling (not lab-limited, p99 < 50 ms)':>40} {'p50 ms':>8} {'p99 ms':>8}")
-    for case in CASES:
+    for case in cases:
         b = results[case["name"]]["best"]
         if b is None:
             print(f"{case['name']:<26} {'(none passed)':>40}")

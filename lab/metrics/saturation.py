@@ -8,8 +8,9 @@ a program (the sampling must not load the machine it measures):
 - the machine's CPU split (/proc/stat: user, system, softirq, iowait);
 - the CPU of the lab's processes: everything inside the lab's namespaces (HAProxy, the pod servers, the
   load workers, anything else started there), the lab's supervisor, and this process (the recorder);
-- HAProxy's backend queues (`show stat` qcur/qmax) and, in every ELB and pod namespace, the listen
-  sockets' accept queues (/proc/<pid>/net/tcp) and overflows (TcpExt ListenOverflows);
+- HAProxy's backend queues (`show stat` qcur/qmax) and, in every ELB and pod namespace, the connections
+  its listeners dropped with a full accept queue (TcpExt ListenOverflows) and then the queues' depth
+  (/proc/<pid>/net/tcp);
 - which faults are injected (a fault may fill queues on purpose: then the queue is the hypothesis).
 
 The load generator's lag behind its open-loop schedule comes with the client slices (`send_lag`), and
@@ -135,8 +136,8 @@ def _read(path: str) -> str:
 
 
 def _listen_rows(pid: int, limit: int = 64) -> list[str]:
-    """The head of /proc/<pid>/net/tcp: the kernel lists listeners first, so reading stops at the first
-    other row instead of walking every connection (an ELB node keeps thousands in TIME_WAIT)."""
+    """The head of /proc/<pid>/net/tcp: the kernel lists listeners first, so parsing stops at the first
+    other row (an ELB node keeps thousands of connections in TIME_WAIT)."""
     rows = []
     with open(f"/proc/{pid}/net/tcp") as f:
         next(f, None)
@@ -154,6 +155,7 @@ class SaturationSampler:
     def __init__(self, lab: Lab):
         self.lab = lab
         self.failed = 0  # samples of the recorder that failed since the last section (set by the recorder)
+        self._overflows: dict[str, int] = {}  # host -> ListenOverflows at the last sample
         self._supervisor = int((lab.info or {}).get("supervisor_pid") or 0)
         self._stats_sockets: dict[str, Path] = {}
         for e in lab.topology.elb_nodes:
@@ -187,7 +189,12 @@ class SaturationSampler:
                 continue
             with contextlib.suppress(OSError, ValueError, IndexError):
                 overflows = parse_listen_overflows(_read(f"/proc/{pid}/net/netstat"))
-                listen[h.role][h.name] = (overflows, accept_queue(_listen_rows(pid)))
+                # The queue's depth only where a listener dropped connections since the last sample (elsewhere
+                # it stayed below its backlog): reading /proc/net/tcp walks the kernel's whole connection
+                # table, 2-3 ms per namespace, most of a sample's cost.
+                overflowed = overflows > self._overflows.get(h.name, overflows)
+                self._overflows[h.name] = overflows
+                listen[h.role][h.name] = (overflows, accept_queue(_listen_rows(pid)) if overflowed else 0)
         haproxy = {}
         for elb, sock in self._stats_sockets.items():
             with contextlib.suppress(Exception):
