@@ -13,6 +13,7 @@ from lab.cli import app
 from lab.errors import InputError
 from lab.models.scenario import OBSERVATIONS
 from lab.scenarios import report
+from lab.scenarios.aggregate import aggregate
 from lab.scenarios.evaluate import check_expectation, observations
 from lab.scenarios.loader import builtin, load_scenario
 from lab.scenarios.metrics import CATALOG, statistic
@@ -233,6 +234,20 @@ def test_o3_floor_after_load_and_o5_only_for_controls():
     assert observations([run("x", 3, 0)], 0.1, [])["O5"]["reproduced"] is None
 
 
+def test_every_observation_gives_its_numbers_headline_first():
+    runs = [run("three", 3, 3), run("nine", 9, 9)]
+    obs = observations(runs, 0.1, ["O5"])
+    assert list(obs["O1"]["values"]) == ["ratio", "three.floor_per_min", "nine.floor_per_min"]
+    assert obs["O1"]["values"]["ratio"] == pytest.approx(3.0)
+    assert obs["O1"]["values"]["three.floor_per_min"] == pytest.approx(18)  # 3/s at scale 0.1: 18 per ELB min
+    assert list(obs["O3"]["values"])[0] == "three.floor_per_min"
+    assert obs["O4"]["values"] == {"timeout_ratio": 0.0, "p99_ms": 0.0}
+    assert obs["O5"]["values"]["errors_per_min"] == pytest.approx(36)  # (3 + 9)/s over 2 x 5 ELB minutes
+    single = observations([run("x", 3, 2)], 0.1, [])
+    assert list(single["O3"]["values"]) == ["floor_per_min", "early_per_min", "requests"]
+    assert single["O1"]["values"] == {"floor_per_min": pytest.approx(12)}
+
+
 def test_ratio_expectation_across_variants(tmp_path):
     text = MINIMAL + (
         "  - metric: elb.BackendConnectionErrors\n"
@@ -253,38 +268,43 @@ def test_ratio_expectation_across_variants(tmp_path):
 # --- reports ---------------------------------------------------------------------------------------------------
 
 
+def trial(unit: str, expectations: list[dict], observations: dict, **extra) -> dict:
+    return {
+        "unit": unit,
+        "repeat": int(unit.rsplit("#", 1)[1]),
+        "runs": [],
+        "expectations": expectations,
+        "observations": observations,
+        "error": None,
+        "lab_limited": False,
+        "limited_reasons": [],
+        **extra,
+    }
+
+
+def entry(sid: str, trials: list[dict], **extra) -> dict:
+    e = {"id": sid, "title": sid, "hypothesis": "h", "signature": "s", "seconds": 5, "plots": [], "trials": trials}
+    e["planned"] = [t["unit"] for t in trials]
+    e.update(extra)
+    e.update(aggregate(e))
+    return e
+
+
 def results() -> dict:
+    fanout = [
+        trial(
+            "hc-fanout#1",
+            [{"text": "a > 0", "measured": 54.0, "passed": True, "why": ""}],
+            {"O1": {"reproduced": True, "figure": "54/min", "values": {"floor_per_min": 54.0}}},
+        )
+    ]
+    broken = [trial("broken#1", [{"text": "b < 1", "measured": 3.0, "passed": False, "why": "because"}], {})]
     return {
         "seconds": 12.5,
         "time_scale": 0.1,
         "quick": True,
-        "scenarios": [
-            {
-                "id": "hc-fanout",
-                "title": "fan-out",
-                "hypothesis": "h",
-                "signature": "s",
-                "status": "passed",
-                "seconds": 5,
-                "expectations": [{"text": "a > 0", "measured": 54.0, "passed": True, "why": ""}],
-                "observations": {
-                    "O1": {"reproduced": True, "figure": "54/min"},
-                    "O2": {"reproduced": None, "figure": ""},
-                },
-                "plots": [],
-            },
-            {
-                "id": "broken",
-                "title": "b",
-                "hypothesis": "h",
-                "status": "failed",
-                "seconds": 1,
-                "expectations": [{"text": "b < 1", "measured": 3.0, "passed": False, "why": "because"}],
-                "observations": {},
-                "plots": [],
-                "error": None,
-            },
-        ],
+        "repeat": 1,
+        "scenarios": [entry("hc-fanout", fanout), entry("broken", broken)],
     }
 
 
@@ -293,10 +313,12 @@ def test_reports_are_written_and_well_formed(tmp_path):
     assert set(files) == {"results.json", "report.md", "report.html", "junit.xml"}
     assert json.loads(files["results.json"].read_text())["scenarios"][0]["id"] == "hc-fanout"
     md = files["report.md"].read_text()
-    assert "| hc-fanout | YES 54/min |" in md and "Kernel TCP and conntrack timers" in md
+    assert "| hc-fanout | YES 1/1 54/min | - |" in md and "Kernel TCP and conntrack timers" in md
     suites = ET.parse(files["junit.xml"]).getroot()
     assert suites.tag == "testsuites"
     broken = next(s for s in suites if s.get("name") == "broken")
     assert broken.get("failures") == "1"
+    failure = broken.find("testcase/failure")
+    assert failure.get("message") == "passed in 0/1 counted runs (measured 3)"
     assert "<table>" in files["report.html"].read_text()
     assert len(report.table_rows(results())[0]) == len(OBSERVATIONS) + 2

@@ -14,7 +14,7 @@ from lab.models.scenario import OBSERVATIONS
 from lab.models.yamlio import read_yaml
 from lab.scenarios import report
 from lab.scenarios.loader import builtin, load_scenario
-from lab.scenarios.matrix import QUICK_SCALE, run_matrix
+from lab.scenarios.matrix import MAX_REPEAT, QUICK_SCALE, Shard, run_matrix
 from lab.scenarios.metrics import CATALOG
 
 scenario_app = typer.Typer(
@@ -25,6 +25,19 @@ app.add_typer(scenario_app, name="scenario")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
 BackendOpt = typer.Option("netns", "--backend", "-b", help="netns (default) or kind.")
 ReportOpt = typer.Option(Path("reports/latest"), "--report", help="Directory for report.md/html, junit.xml, ...")
+# CI's budget: `make test` is ~9 min of pytest plus the quick matrix (~5.5 min per repeat here); 3 repeats
+# keep it near 25 min of the 90, and give every cell an agreement count (YES 3/3, FLAKY 2/3).
+MATRIX_REPEAT = 3
+
+
+def repeat_opt(default: int) -> typer.Option:
+    return typer.Option(
+        default,
+        "--repeat",
+        min=1,
+        max=MAX_REPEAT,
+        help="Run each scenario N times; verdicts become agreement counts, figures medians with their spread.",
+    )
 
 
 @command("list", on=scenario_app, epilog="Example:\n\n  lab scenario list")
@@ -102,7 +115,8 @@ def metrics_cmd(json_out: bool = JsonOpt) -> None:
     on=scenario_app,
     epilog="Examples:\n\n  lab scenario run baseline --quick\n\n"
     "  lab scenario run hc-fanout --time-scale 0.5\n\n"
-    "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout",
+    "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout\n\n"
+    "  lab scenario run conntrack-exhaustion --quick --repeat 5",
 )
 def run_cmd(
     file: str = typer.Argument(..., help="Scenario file or built-in name."),
@@ -112,16 +126,18 @@ def run_cmd(
     ),
     quick: bool = typer.Option(False, "--quick", help="The scenario's own quick settings, as `lab matrix --quick`."),
     overrides: list[str] = typer.Option([], "--set", help="Extra topology override KEY=VALUE (repeatable)."),
+    repeat: int = repeat_opt(1),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails."""
+    """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails
+    in any counted run."""
     if not 0 < time_scale <= 1:
         raise InputError(f"--time-scale {time_scale:g}: must be > 0 and <= 1")
     if quick and time_scale != 1:
         raise InputError("--quick and --time-scale: choose one (--quick uses the scenario's quick time scale)")
     scale = None if quick else time_scale
-    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend)
+    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend, repeat, None)
     finish_matrix(results, json_out)
 
 
@@ -129,7 +145,8 @@ def run_cmd(
     "matrix",
     epilog="Examples:\n\n  lab matrix --all --quick\n\n"
     "  lab matrix scenarios/hc-fanout.yaml --set nodes_per_az=1,2,3 --report reports/fanout\n\n"
-    "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration",
+    "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration\n\n"
+    "  lab matrix --all --quick --repeat 5 --shard 2/4 --report reports/shard-2   # then: lab report merge",
 )
 def matrix_cmd(
     files: list[str] = typer.Argument(None, help="Scenario files or built-in names (default: --all)."),
@@ -137,18 +154,25 @@ def matrix_cmd(
     sets: list[str] = typer.Option([], "--set", help="KEY=V1,V2: run every scenario once per value (cross product)."),
     report_dir: Path = ReportOpt,
     quick: bool = typer.Option(False, "--quick", help=f"Scaled timers (x{QUICK_SCALE:g}) and short phases: CI-sized."),
+    repeat: int = repeat_opt(MATRIX_REPEAT),
+    shard: str = typer.Option(
+        None, "--shard", help="I/N: run only the I-th of N stable parts (for N machines; merge with lab report merge)."
+    ),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
-    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend)
+    part = Shard.parse(shard) if shard is not None else None
+    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend, repeat, part)
     finish_matrix(results, json_out)
 
 
-def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
+def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend, repeat, shard):
     get_backend(backend)  # an unknown backend fails before anything runs
     with progress("lab matrix" if len(files) != 1 else f"lab scenario {files[0]}") as step:
-        return run_matrix(files, use_all, sets + list(overrides), report_dir, quick, scale, step, backend)
+        return run_matrix(
+            files, use_all, sets + list(overrides), report_dir, quick, scale, step, backend, repeat=repeat, shard=shard
+        )
 
 
 def finish_matrix(results: dict, json_out: bool) -> None:
@@ -170,14 +194,20 @@ def print_table(results: dict) -> None:
     for row in report.table_rows(results):
         styled = []
         for c in row[1:-1]:
-            style = "green" if c.startswith("YES") else ("red" if c.startswith("no") else "dim")
+            style = {"YES": "green", "no": "red", "FLAKY": "yellow"}.get(c.split(" ")[0], "dim")
             styled.append(f"[{style}]{c}[/]")
         verdict = row[-1]
         table.add_row(row[0], *styled, f"[{'green' if verdict == 'passed' else 'red'}]{verdict}[/]")
     console.print(table)
+    for line in report.missing_lines(results):
+        console.print(f"[red]MISSING[/] {line}")
     for s in results["scenarios"]:
         for e in s.get("expectations", []):
             if not e["passed"]:
-                console.print(f"[red]FAILED[/] {s['id']}: {e['text']} (measured {e['measured']})")
+                measured = ", ".join(str(m) for m in e.get("measured_all", [e.get("measured")]))
+                console.print(
+                    f"[red]FAILED[/] {s['id']}: {e['text']} "
+                    f"(passed in {e.get('passed_runs', 0)}/{e.get('counted', 1)} counted runs; measured {measured})"
+                )
         if s.get("error"):
             console.print(f"[red]ERROR[/] {s['id']}: {s['error']}")
