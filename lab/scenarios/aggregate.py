@@ -107,8 +107,8 @@ def format_spread(key: str, s: dict[str, Any]) -> str:
 # --- one scenario entry ----------------------------------------------------------------------------------------
 
 
-def observation(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One observation over the counted trials' results ({reproduced, figure, values})."""
+def observation(results: list[dict[str, Any]], repeats: list[int] | None = None) -> dict[str, Any]:
+    """One observation over the counted trials' results ({reproduced, figure, values}); `repeats` names them."""
     out = agreement([r.get("reproduced") for r in results])
     values: dict[str, list[float]] = {}
     for r in results:
@@ -116,7 +116,8 @@ def observation(results: list[dict[str, Any]]) -> dict[str, Any]:
             if is_number(v):
                 values.setdefault(key, []).append(float(v))
     out["values"] = {key: spread(vs) for key, vs in values.items()}
-    out["figures"] = [r.get("figure", "") for r in results]
+    names = repeats or list(range(1, len(results) + 1))
+    out["figures"] = [{"repeat": n, "figure": r.get("figure", "")} for n, r in zip(names, results, strict=True)]
     if len(results) == 1:
         out["figure"] = results[0].get("figure", "")
     elif out["values"]:
@@ -157,9 +158,10 @@ def aggregate(entry: dict[str, Any]) -> dict[str, Any]:
     expectations = [
         expectation(text, [e for t in votes for e in t.get("expectations", []) if e["text"] == text]) for text in texts
     ]
-    observations = {
-        o: observation([t["observations"][o] for t in votes if o in t.get("observations", {})]) for o in OBSERVATIONS
-    }
+    observations = {}
+    for o in OBSERVATIONS:
+        speaking = [t for t in votes if o in t.get("observations", {})]
+        observations[o] = observation([t["observations"][o] for t in speaking], [t["repeat"] for t in speaking])
     present = {t["unit"] for t in trials}
     missing = [u for u in entry.get("planned", []) if u not in present]
     limited = [t for t in trials if t.get("lab_limited") and not t.get("error")]

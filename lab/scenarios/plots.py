@@ -27,13 +27,14 @@ def entry_plots(entry: dict[str, Any], report_dir: Path) -> list[str]:
         journals = [Path(report_dir) / r["journal"] for t in trials for r in t["runs"] if r["variant"] == variant]
         png = Path(report_dir) / f"{_slug(entry['id'])}-{variant}-repeats.png"
         with contextlib.suppress(LabError, OSError, ValueError):
-            overlay([j for j in journals if j.exists()], png, f"{entry['id']} ({variant}): {len(journals)} repeats")
-            out.append(png.name)
+            if overlay([j for j in journals if j.exists()], png, f"{entry['id']} ({variant}): {len(journals)} repeats"):
+                out.append(png.name)
     return out
 
 
-def overlay(journals: list[Path], out: Path, title: str) -> None:
-    """BackendConnectionErrors and RequestCount per interval: each repeat thin, their median bold."""
+def overlay(journals: list[Path], out: Path, title: str) -> bool:
+    """BackendConnectionErrors and RequestCount per interval: each repeat thin, their median bold.
+    False when no journal has a complete interval (nothing drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +46,7 @@ def overlay(journals: list[Path], out: Path, title: str) -> None:
         if intervals:
             series.append((header, intervals))
     if not series:
-        return
+        return False
     interval_s = series[0][0].get("interval_s", 1)
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     for ax, metric, color in (
@@ -73,6 +74,7 @@ def overlay(journals: list[Path], out: Path, title: str) -> None:
         fig.savefig(out, dpi=110)
     finally:
         plt.close(fig)
+    return True
 
 
 def _slug(label: str) -> str:

@@ -80,10 +80,11 @@ def _summary(results: dict[str, Any]) -> str:
         f"{repeat} repeat{'s' if repeat != 1 else ''} each"
     )
     shard = results.get("shard")
-    if shard and shard.get("count", 1) > 1:
-        text += f"; shard {shard['index']}/{shard['count']} ({len(shard.get('units', []))} units)"
     if results.get("merged"):
-        text += f"; merged from {len(results['merged'])} results"
+        count = shard["count"] if shard else len(results["merged"])
+        text += f"; merged from {len(results['merged'])} of {count} shard{'s' if count != 1 else ''}"
+    elif shard and shard.get("count", 1) > 1:
+        text += f"; shard {shard['index']}/{shard['count']} ({len(shard.get('units', []))} units)"
     return text + f"; {results.get('seconds', 0):.0f} s on {results.get('machine', 'this machine')}."
 
 
@@ -138,7 +139,7 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"- {o} {MARK[obs['verdict']]} in {obs['yes']}/{obs['counted']}: {obs.get('figure', '')}")
                 lines += [f"  - {k}: {format_spread(k, v)}" for k, v in obs.get("values", {}).items()]
                 if len(obs.get("figures", [])) > 1:
-                    lines += [f"  - repeat {i}: {f}" for i, f in enumerate(obs["figures"], 1)]
+                    lines += [f"  - repeat {f['repeat']}: {f['figure']}" for f in obs["figures"]]
         for t in s.get("trials", []):
             if t.get("lab_limited"):
                 lines.append(f"- repeat {t['repeat']} lab-limited (not counted): {'; '.join(t['limited_reasons'])}")

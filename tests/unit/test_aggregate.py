@@ -81,7 +81,7 @@ def test_disagreeing_trials_are_flaky_and_one_failed_run_fails_the_expectation()
     e = judged([trial(1, True, 12), trial(2, False, 4, passed=False), trial(3, True, 11)])
     o3 = e["observations"]["O3"]
     assert (o3["verdict"], o3["yes"], o3["counted"]) == ("FLAKY", 2, 3)
-    assert o3["figures"] == ["12/min", "4/min", "11/min"]
+    assert [f["figure"] for f in o3["figures"]] == ["12/min", "4/min", "11/min"]
     exp = e["expectations"][0]
     assert not exp["passed"] and (exp["passed_runs"], exp["counted"]) == (2, 3)
     assert exp["measured_all"] == [12, 4, 11]
@@ -97,6 +97,7 @@ def test_lab_limited_trials_do_not_vote():
     limited = trial(2, False, 1, passed=False, lab_limited=True, limited_reasons=["CPU 99% (machine)"])
     e = judged([trial(1, True, 50), limited, trial(3, True, 52)])
     assert (e["observations"]["O3"]["verdict"], e["observations"]["O3"]["counted"]) == ("YES", 2)
+    assert [f["repeat"] for f in e["observations"]["O3"]["figures"]] == [1, 3]  # repeat 2 did not vote
     assert e["expectations"][0]["passed"] and e["status"] == "passed"
     assert status_note(e) == "passed (1 lab-limited, not counted)"
     only_limited = judged([{**limited, "unit": "x#1", "repeat": 1}])

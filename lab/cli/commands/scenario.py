@@ -34,9 +34,8 @@ def repeat_opt(default: int) -> typer.Option:
     return typer.Option(
         default,
         "--repeat",
-        min=1,
-        max=MAX_REPEAT,
-        help="Run each scenario N times; verdicts become agreement counts, figures medians with their spread.",
+        help=f"Run each scenario N times (1-{MAX_REPEAT}); verdicts become agreement counts, figures medians "
+        "with their spread.",
     )
 
 
@@ -181,7 +180,7 @@ def finish_matrix(results: dict, json_out: bool) -> None:
     else:
         print_table(results)
         console.print(f"reports: {results['files']['report.html']} (also report.md, junit.xml, results.json)")
-    if any(s["status"] != "passed" for s in results["scenarios"]):
+    if any(s["status"] != "passed" for s in results["scenarios"]) or report.missing_lines(results):
         raise typer.Exit(1)
 
 
