@@ -12,6 +12,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft7Validator
+from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
 from lab.cli import app
@@ -19,7 +21,7 @@ from lab.errors import InputError
 from lab.scenarios import matrix, report
 from lab.scenarios.matrix import Shard
 from lab.scenarios.merge import check_parts, merge, merge_reports, read_part
-from tests.conftest import single_error
+from tests.conftest import REPO, single_error
 
 SCENARIOS = ["baseline", "hc-fanout", "hc-misroute"]
 
@@ -207,3 +209,38 @@ def test_what_is_not_a_mergeable_results_file(tmp_path):
         f"Error: {tmp_path}/nowhere: cannot read: No such file or directory; "
         "give a report directory or its results.json"
     )
+
+
+# --- the GitHub Actions workflow: shards side by side, then the merge ----------------------------------------
+
+WORKFLOWS = REPO / ".github" / "workflows"
+
+
+def workflow(path: Path) -> dict:
+    return YAML(typ="safe").load(path.read_text())
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.yml")), ids=lambda p: p.name)
+def test_workflows_are_valid_github_workflows(path):
+    # SchemaStore's github-workflow.json, vendored in tests/fixtures (see its README there).
+    schema = json.loads((REPO / "tests" / "fixtures" / "github-workflow.json").read_text())
+    errors = sorted(Draft7Validator(schema).iter_errors(workflow(path)), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:3])
+
+
+def test_the_schema_catches_a_broken_workflow():
+    schema = json.loads((REPO / "tests" / "fixtures" / "github-workflow.json").read_text())
+    broken = workflow(WORKFLOWS / "lab-matrix.yml")
+    broken["jobs"]["merge"]["needs"] = {"shard": True}  # needs: a job id or a list of them
+    assert list(Draft7Validator(schema).iter_errors(broken))
+
+
+def test_the_matrix_workflow_runs_every_shard_then_merges_them():
+    jobs = workflow(WORKFLOWS / "lab-matrix.yml")["jobs"]
+    shards = jobs["shard"]["strategy"]["matrix"]["shard"]
+    run = next(s["run"] for s in jobs["shard"]["steps"] if "lab matrix" in s.get("run", ""))
+    assert f"--shard ${{{{ matrix.shard }}}}/{len(shards)}" in run and shards == list(range(1, len(shards) + 1))
+    assert jobs["shard"]["strategy"]["fail-fast"] is False
+    merge_job = jobs["merge"]
+    assert merge_job["needs"] == "shard" and merge_job["if"] == "always()"
+    assert any("lab report merge shards/" in s.get("run", "") for s in merge_job["steps"])
