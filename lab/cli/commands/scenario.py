@@ -203,7 +203,7 @@ def print_table(results: dict) -> None:
     for s in results["scenarios"]:
         for e in s.get("expectations", []):
             if not e["passed"]:
-                measured = ", ".join(str(m) for m in e.get("measured_all", [e.get("measured")]))
+                measured = ", ".join("no data" if m is None else f"{m:.4g}" for m in e.get("measured_all", []))
                 console.print(
                     f"[red]FAILED[/] {s['id']}: {e['text']} "
                     f"(passed in {e.get('passed_runs', 0)}/{e.get('counted', 1)} counted runs; measured {measured})"
