@@ -8,6 +8,7 @@ The real thing runs in the README's check (`lab matrix ... --shard` then `lab re
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
 
@@ -244,3 +245,33 @@ def test_the_matrix_workflow_runs_every_shard_then_merges_them():
     merge_job = jobs["merge"]
     assert merge_job["needs"] == "shard" and merge_job["if"] == "always()"
     assert any("lab report merge shards/" in s.get("run", "") for s in merge_job["steps"])
+
+
+def test_matrix_cli_with_repeats_and_a_shard(fake_matrix, tmp_path):
+    out = tmp_path / "r"
+    result = CliRunner().invoke(
+        app, ["matrix", "baseline", "hc-fanout", "--quick", "--repeat", "2", "--shard", "1/2", "--report", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["repeat"] == 2 and results["shard"]["units"] == ["baseline#1", "hc-fanout#1"]
+    assert "YES 1/1" in result.output and "passed" in result.output
+    case = ET.parse(out / "junit.xml").getroot().find("testsuite/testcase[@name='errors > 0']/system-out")
+    assert case.text.startswith("passed in 1/1 counted runs (measured ")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--repeat", "0"], "Error: --repeat 0: must be between 1 and 100"),
+        (["--shard", "5/4"], "Error: --shard '5/4': expected I/N with 1 <= I <= N <= 100, e.g. --shard 2/4"),
+        (["--shard", "two"], "Error: --shard 'two': expected I/N with 1 <= I <= N <= 100, e.g. --shard 2/4"),
+    ],
+)
+def test_matrix_cli_bad_repeat_or_shard_is_one_line(args, line):
+    assert single_error(CliRunner().invoke(app, ["matrix", "baseline", "--quick", *args])) == line
+
+
+def test_scenario_run_repeat_is_checked_too():
+    result = CliRunner().invoke(app, ["scenario", "run", "baseline", "--repeat", "101"])
+    assert single_error(result) == "Error: --repeat 101: must be between 1 and 100"
