@@ -171,8 +171,13 @@ def settings(
     """Everything that must be equal for two shards to be parts of one matrix (machines may differ)."""
     files = {}
     for loaded, _combo in scenarios:
-        # Contents, not paths: the same files checked out elsewhere are the same matrix.
-        files[loaded.id] = {"sha256": _sha256(loaded.path), "topology_sha256": _sha256(loaded.topology_path)}
+        # Names and contents, not full paths: the same files checked out elsewhere are the same matrix.
+        files[loaded.id] = {
+            "file": loaded.path.name,
+            "sha256": _sha256(loaded.path),
+            "topology": loaded.topology_path.name,
+            "topology_sha256": _sha256(loaded.topology_path),
+        }
     return {
         "quick": quick,
         "time_scale": time_scale,
