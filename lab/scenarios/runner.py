@@ -101,10 +101,9 @@ def run_trial(loaded: LoadedScenario, opts: RunOptions, repeat: int, progress: P
         trial["error"] = str(exc)
     finally:
         trial["seconds"] = round(time.time() - started, 1)
-    for run in trial["runs"]:
-        if run.get("lab_limited"):
-            trial["lab_limited"] = True
-            trial["limited_reasons"] += [r for r in run.get("limited_reasons", []) if r not in trial["limited_reasons"]]
+    # Lab-limited runs prove nothing about the hypothesis: the trial's verdicts must not count.
+    reasons = [f"{r['variant']}: {why}" for r in trial["runs"] for why in r.get("limited_reasons", [])]
+    trial.update(lab_limited=bool(reasons), limited_reasons=reasons)
     trial["plots"] = _plots(sid, trial, opts.report_dir)
     return trial
 
