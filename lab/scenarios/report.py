@@ -133,18 +133,27 @@ def markdown(results: dict[str, Any]) -> str:
                 result = "pass" if e["passed"] else "FAIL"
                 lines.append(f"| {e['text']} | {_measured(e)} | {_passed_in(e)} | {result} |")
             lines.append("")
-        for o in OBSERVATIONS:
-            obs = s.get("observations", {}).get(o)
-            if obs and obs.get("verdict", "n/a") != "n/a":
-                lines.append(f"- {o} {MARK[obs['verdict']]} in {obs['yes']}/{obs['counted']}: {obs.get('figure', '')}")
-                lines += [f"  - {k}: {format_spread(k, v)}" for k, v in obs.get("values", {}).items()]
-                if len(obs.get("figures", [])) > 1:
-                    lines += [f"  - repeat {f['repeat']}: {f['figure']}" for f in obs["figures"]]
-        for t in s.get("trials", []):
-            if t.get("lab_limited"):
-                lines.append(f"- repeat {t['repeat']} lab-limited (not counted): {'; '.join(t['limited_reasons'])}")
+        lines += [("  " * depth) + f"- {text}" for depth, text in details(s)]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def details(s: dict[str, Any]) -> list[tuple[int, str]]:
+    """(depth, text) lines under a scenario: each observation's verdict, values and trials; trials not counted."""
+    out = []
+    for o in OBSERVATIONS:
+        obs = s.get("observations", {}).get(o)
+        if obs and obs.get("verdict", "n/a") != "n/a":
+            out.append((0, f"{o} {MARK[obs['verdict']]} in {obs['yes']}/{obs['counted']}: {obs.get('figure', '')}"))
+            out += [(1, f"{k}: {format_spread(k, v)}") for k, v in obs.get("values", {}).items()]
+            if len(obs.get("figures", [])) > 1:
+                out += [(1, f"repeat {f['repeat']}: {f['figure']}") for f in obs["figures"]]
+    for t in s.get("trials", []):
+        if t.get("lab_limited"):
+            out.append((0, f"repeat {t['repeat']} lab-limited (not counted): {'; '.join(t['limited_reasons'])}"))
+        if t.get("error"):
+            out.append((0, f"repeat {t['repeat']} errored (not counted): {t['error']}"))
+    return out
 
 
 def _img(path: Path) -> str:
@@ -192,6 +201,9 @@ def html_report(results: dict[str, Any], out: Path) -> str:
                     f"<td class='{ok}'>{ok}</td></tr>"
                 )
             parts.append("</table>")
+        items = "".join(f"<li style='margin-left:{2 * d}em'>{esc(text)}</li>" for d, text in details(s))
+        if items:
+            parts.append(f"<ul>{items}</ul>")
         for plot in s.get("plots", []):
             path = out / plot
             if path.exists():

@@ -322,3 +322,17 @@ def test_reports_are_written_and_well_formed(tmp_path):
     assert failure.get("message") == "passed in 0/1 counted runs (measured 3)"
     assert "<table>" in files["report.html"].read_text()
     assert len(report.table_rows(results())[0]) == len(OBSERVATIONS) + 2
+
+
+def test_reports_say_which_trials_did_not_count(tmp_path):
+    obs = {"O3": {"reproduced": True, "figure": "50/min", "values": {"floor_per_min": 50.0}}}
+    ok = [{"text": "a > 0", "measured": 50.0, "passed": True, "why": ""}]
+    limited = trial("x#2", ok, obs, lab_limited=True, limited_reasons=["default: machine CPU 98% for 12 s"])
+    errored = trial("x#3", [], {}, error="lab up failed")
+    results = {"repeat": 3, "scenarios": [entry("x", [trial("x#1", ok, obs), limited, errored])]}
+    files = report.write_all(results, tmp_path)
+    md = files["report.md"].read_text()
+    assert "| x | - | - | YES 1/1 50/min | - | - | error (1 lab-limited, not counted; 1 errored) |" in md
+    assert "- repeat 2 lab-limited (not counted): default: machine CPU 98% for 12 s" in md
+    assert "- repeat 3 errored (not counted): lab up failed" in md
+    assert "repeat 2 lab-limited (not counted)" in files["report.html"].read_text()
