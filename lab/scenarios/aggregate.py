@@ -96,7 +96,7 @@ def format_spread(key: str, s: dict[str, Any]) -> str:
     pre, suf, k = _unit(key)
     fmt = (lambda v: f"{v * k:.2f}") if pre == "x" else (lambda v: _num(v * k))
     text = f"{pre}{fmt(s['median'])}{suf}"
-    if s["min"] != s["max"]:
+    if fmt(s["min"]) != fmt(s["max"]):  # a spread too small to print is no spread
         extra = f"{fmt(s['min'])}-{fmt(s['max'])}"
         if s.get("ci95"):
             extra += f"; 95% CI {fmt(s['ci95'][0])}-{fmt(s['ci95'][1])}"

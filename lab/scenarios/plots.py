@@ -33,7 +33,7 @@ def entry_plots(entry: dict[str, Any], report_dir: Path) -> list[str]:
 
 
 def overlay(journals: list[Path], out: Path, title: str) -> bool:
-    """BackendConnectionErrors and RequestCount per interval: each repeat thin, their median bold.
+    """BackendConnectionErrors and RequestCount per interval: each repeat thin, their median bold, min-max shaded.
     False when no journal has a complete interval (nothing drawn)."""
     import matplotlib
 
@@ -61,8 +61,11 @@ def overlay(journals: list[Path], out: Path, title: str) -> bool:
             ax.plot(xs, ys, color=color, alpha=0.35, linewidth=1)
             lines.append((xs, ys))
         n = min(len(ys) for _xs, ys in lines)
-        median = [statistics.median(ys[i] for _xs, ys in lines) for i in range(n)]
-        ax.plot(lines[0][0][:n], median, color=color, linewidth=2.2, label=f"{metric}: median of {len(lines)}")
+        at = [[ys[i] for _xs, ys in lines] for i in range(n)]
+        xs = lines[0][0][:n]
+        ax.fill_between(xs, [min(v) for v in at], [max(v) for v in at], color=color, alpha=0.15, linewidth=0)
+        label = f"{metric}: median of {len(lines)}, min-max shaded"
+        ax.plot(xs, [statistics.median(v) for v in at], color=color, linewidth=2.2, label=label)
         ax.set_ylabel(f"count per {interval_s:g} s")
         ax.set_ylim(bottom=0)
         ax.legend(loc="upper left")

@@ -61,6 +61,7 @@ def test_format_spread_uses_the_unit_in_the_name():
     assert format_spread("ratio", spread([2.9, 3.0, 3.1])) == "x3.00 (2.90-3.10)"
     assert format_spread("success_share", spread([0.1, 0.12, 0.08])) == "10% (8-12)"
     assert format_spread("p99_ms", spread([250.0])) == "250 ms"
+    assert format_spread("ratio", spread([2.991, 2.994])) == "x2.99"  # a spread too small to print is none
     five = format_spread("floor_per_min", spread([50.0, 54.0, 52.0, 58.0, 49.0]))
     assert five.startswith("52/min (49-58; 95% CI ")
 

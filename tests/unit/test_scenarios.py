@@ -336,3 +336,19 @@ def test_reports_say_which_trials_did_not_count(tmp_path):
     assert "- repeat 2 lab-limited (not counted): default: machine CPU 98% for 12 s" in md
     assert "- repeat 3 errored (not counted): lab up failed" in md
     assert "repeat 2 lab-limited (not counted)" in files["report.html"].read_text()
+
+
+def test_repeats_are_drawn_overlaid_per_variant(tmp_path):
+    from lab.scenarios.plots import entry_plots
+
+    for r, errors in ((1, 3), (2, 5)):
+        lines = [{"type": "run", "interval_s": 1}] + [{"type": "interval", **interval(t, errors)} for t in range(10)]
+        (tmp_path / f"x-default-r{r}.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    runs = [[{"variant": "default", "journal": f"x-default-r{r}.jsonl"}] for r in (1, 2)]
+    trials = [trial(f"x#{r}", [], {}, runs=runs[r - 1], plots=[f"x-default-r{r}.png"]) for r in (1, 2)]
+    assert entry_plots({"id": "x", "trials": trials}, tmp_path) == ["x-default-repeats.png"]
+    assert (tmp_path / "x-default-repeats.png").read_bytes().startswith(b"\x89PNG")
+    assert entry_plots({"id": "x", "trials": trials[:1]}, tmp_path) == ["x-default-r1.png"]  # one trial: its own
+    (tmp_path / "x-default-r2.jsonl").unlink()
+    (tmp_path / "x-default-r1.jsonl").unlink()
+    assert entry_plots({"id": "y", "trials": trials}, tmp_path) == []  # no journal left: no plot claimed
