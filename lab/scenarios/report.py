@@ -100,6 +100,26 @@ def missing_lines(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def problems(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(MISSING|FAILED|ERROR, what) for everything that keeps the matrix from answering cleanly."""
+    out = [("MISSING", line) for line in missing_lines(results)]
+    for s in results["scenarios"]:
+        for e in s.get("expectations", []):
+            if not e["passed"]:
+                measured = ", ".join("no data" if m is None else f"{m:.4g}" for m in e.get("measured_all", []))
+                out.append(
+                    ("FAILED", f"{s['id']}: {e['text']} (passed in {_passed_in(e)} counted runs; measured {measured})")
+                )
+        if s.get("error"):
+            out.append(("ERROR", f"{s['id']}: {s['error']}"))
+    return out
+
+
+def answered(results: dict[str, Any]) -> bool:
+    """Every scenario passed in every counted run, and nothing planned is missing (the exit code's 0)."""
+    return all(s["status"] == "passed" for s in results["scenarios"]) and not missing_lines(results)
+
+
 def _scale_note(results: dict[str, Any]) -> str:
     scale = results.get("time_scale", 1.0)
     if scale == 1.0:

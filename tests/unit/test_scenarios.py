@@ -352,3 +352,13 @@ def test_repeats_are_drawn_overlaid_per_variant(tmp_path):
     (tmp_path / "x-default-r2.jsonl").unlink()
     (tmp_path / "x-default-r1.jsonl").unlink()
     assert entry_plots({"id": "y", "trials": trials}, tmp_path) == []  # no journal left: no plot claimed
+
+
+def test_problems_say_what_keeps_the_matrix_from_answering():
+    assert report.problems(results()) == [("FAILED", "broken: b < 1 (passed in 0/1 counted runs; measured 3)")]
+    assert not report.answered(results())
+    clean = results()
+    clean["scenarios"] = clean["scenarios"][:1]
+    assert report.problems(clean) == [] and report.answered(clean)
+    clean["missing_shards"], clean["shard"] = [2], {"index": 0, "count": 2, "units": []}
+    assert report.problems(clean) == [("MISSING", "Missing shards: 2/2")] and not report.answered(clean)

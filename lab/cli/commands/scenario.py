@@ -180,7 +180,7 @@ def finish_matrix(results: dict, json_out: bool) -> None:
     else:
         print_table(results)
         console.print(f"reports: {results['files']['report.html']} (also report.md, junit.xml, results.json)")
-    if any(s["status"] != "passed" for s in results["scenarios"]) or report.missing_lines(results):
+    if not report.answered(results):
         raise typer.Exit(1)
 
 
@@ -198,15 +198,5 @@ def print_table(results: dict) -> None:
         verdict = row[-1]
         table.add_row(row[0], *styled, f"[{'green' if verdict == 'passed' else 'red'}]{verdict}[/]")
     console.print(table)
-    for line in report.missing_lines(results):
-        console.print(f"[red]MISSING[/] {line}")
-    for s in results["scenarios"]:
-        for e in s.get("expectations", []):
-            if not e["passed"]:
-                measured = ", ".join("no data" if m is None else f"{m:.4g}" for m in e.get("measured_all", []))
-                console.print(
-                    f"[red]FAILED[/] {s['id']}: {e['text']} "
-                    f"(passed in {e.get('passed_runs', 0)}/{e.get('counted', 1)} counted runs; measured {measured})"
-                )
-        if s.get("error"):
-            console.print(f"[red]ERROR[/] {s['id']}: {s['error']}")
+    for word, text in report.problems(results):
+        console.print(f"[red]{word}[/] {text}")
