@@ -169,10 +169,10 @@ def _o3(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
         floor = _stat(run, "elb.BackendConnectionErrors", {**after, "t_start": mid}, scale) or 0.0
         requests = _stat(run, "client.requests", {**after, "t_start": mid}, scale, "sum") or 0
         verdicts.append(floor > 0 and floor >= 0.5 * early and requests == 0)
+        prefix = f"{run['variant']}." if len(runs) > 1 else ""
+        values.update({f"{prefix}floor_per_min": floor, f"{prefix}early_per_min": early, f"{prefix}requests": requests})
         trend = "" if floor >= 0.5 * early else f", down from {early:.0f}/min"
         figures.append(f"{floor:.0f}/min during {after['name']}{trend} with {requests:.0f} client requests")
-        where = f"{run['variant']}." if len(runs) > 1 else ""
-        values.update({f"{where}floor_per_min": floor, f"{where}early_per_min": early, f"{where}requests": requests})
     if not verdicts:
         return {"reproduced": None, "figure": "no idle or recovery phase after load"}
     return {"reproduced": all(verdicts), "figure": "; ".join(figures), "values": values}
