@@ -84,6 +84,77 @@ def label_of(combo: list[str]) -> str:
     return f"[{','.join(combo)}]" if combo else ""
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One trial to run: a scenario (with its --set combination) and a repeat, and the entry it reports to."""
+
+    id: str
+    repeat: int
+    loaded: LoadedScenario
+    opts: RunOptions
+    entry: dict[str, Any]
+
+
+def plan_matrix(
+    files: list[str],
+    use_all: bool,
+    sets: list[str],
+    report_dir: Path,
+    quick: bool,
+    time_scale: float | None = None,
+    backend: str = "netns",
+    *,
+    repeat: int = 1,
+    shard: Shard | None = None,
+) -> tuple[dict[str, Any], list[Unit]]:
+    """Everything validated and planned, nothing run: results.json's head (commit, settings, the whole plan,
+    this shard, an entry per scenario it runs) and its units in running order, round by round."""
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise InputError(f"--repeat {repeat}: must be between 1 and {MAX_REPEAT}")
+    shard = shard or Shard(1, 1)
+    scenarios = load_all(files, use_all, expand_sets(sets))
+    scale = time_scale if time_scale is not None else (QUICK_SCALE if quick else 1.0)
+    repeats = list(range(1, repeat + 1))
+    planned = []
+    for loaded, combo in scenarios:
+        opts = RunOptions(
+            report_dir=report_dir,
+            time_scale=scale,
+            quick=quick,
+            extra_set=combo,
+            label=label_of(combo),
+            lab_prefix="m",
+            backend=backend,
+        )
+        planned.append((loaded, opts, scenario_entry(loaded, opts, repeats)))
+    plan = [{"id": entry["id"], "units": entry["planned"]} for _, _, entry in planned]
+    mine = shard.select([u for p in plan for u in p["units"]])
+    for _, _, entry in planned:
+        entry["planned"] = [u for u in entry["planned"] if u in mine]
+        entry.update(aggregate(entry))
+    results: dict[str, Any] = {
+        "started": time.time(),
+        "quick": quick,
+        "time_scale": scale,
+        "machine": f"{platform.node()} ({platform.machine()}, {len(_cpus())} cores)",
+        "sets": sets,
+        "backend": backend,
+        "repeat": repeat,
+        "commit": git_commit(),
+        "settings": settings(scenarios, quick=quick, time_scale=scale, sets=sets, repeat=repeat, backend=backend),
+        "shard": {"index": shard.index, "count": shard.count, "units": mine},
+        "plan": plan,
+        "scenarios": [entry for _, _, entry in planned if entry["planned"]],
+    }
+    units = [
+        Unit(unit_id(entry["id"], r), r, loaded, opts, entry)
+        for r in repeats
+        for loaded, opts, entry in planned
+        if unit_id(entry["id"], r) in entry["planned"]
+    ]
+    return results, units
+
+
 def run_matrix(
     files: list[str],
     use_all: bool,
@@ -97,60 +168,24 @@ def run_matrix(
     repeat: int = 1,
     shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Run the matrix (or one shard of it); repeats go round by round, so a partial report covers every scenario."""
-    if not 1 <= repeat <= MAX_REPEAT:
-        raise InputError(f"--repeat {repeat}: must be between 1 and {MAX_REPEAT}")
-    shard = shard or Shard(1, 1)
-    scenarios = load_all(files, use_all, expand_sets(sets))
-    scale = time_scale if time_scale is not None else (QUICK_SCALE if quick else 1.0)
-    entries, options = [], []
-    for loaded, combo in scenarios:
-        opts = RunOptions(
-            report_dir=report_dir,
-            time_scale=scale,
-            quick=quick,
-            extra_set=combo,
-            label=label_of(combo),
-            lab_prefix="m",
-            backend=backend,
-        )
-        entries.append(scenario_entry(loaded, opts, list(range(1, repeat + 1))))
-        options.append(opts)
-    plan = [u for e in entries for u in e["planned"]]
-    mine = set(shard.select(plan))
-    for e in entries:
-        e["planned"] = [u for u in e["planned"] if u in mine]
-    started = time.time()
-    results: dict[str, Any] = {
-        "started": started,
-        "quick": quick,
-        "time_scale": scale,
-        "machine": f"{platform.node()} ({platform.machine()}, {len(_cpus())} cores)",
-        "sets": sets,
-        "backend": backend,
-        "repeat": repeat,
-        "commit": git_commit(),
-        "settings": settings(scenarios, quick=quick, time_scale=scale, sets=sets, repeat=repeat, backend=backend),
-        "shard": {"index": shard.index, "count": shard.count, "units": shard.select(plan)},
-        "plan": [{"id": e["id"], "units": [unit_id(e["id"], r) for r in range(1, repeat + 1)]} for e in entries],
-        "scenarios": [e for e in entries if e["planned"]],
-    }
-    for e in results["scenarios"]:
-        e.update(aggregate(e))
+    """Run the matrix (or one shard of it) and write its reports. Repeats go round by round (every scenario
+    once, then again), so a partial report covers every scenario and a drift of the machine spreads out."""
+    results, units = plan_matrix(
+        files, use_all, sets, report_dir, quick, time_scale, backend, repeat=repeat, shard=shard
+    )
     report_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(r, i) for r in range(1, repeat + 1) for i, e in enumerate(entries) if unit_id(e["id"], r) in mine]
-    for n, (r, i) in enumerate(todo, 1):
-        entry, (loaded, _combo) = entries[i], scenarios[i]
-        where = f"[{n}/{len(todo)}] {entry['id']}" + (f" #{r}" if repeat > 1 else "")
+    started = results["started"]
+    for n, unit in enumerate(units, 1):
+        where = f"[{n}/{len(units)}] {unit.entry['id']}" + (f" #{unit.repeat}" if repeat > 1 else "")
         progress(where)
         try:
-            trial = run_trial(loaded, options[i], r, lambda m, w=where: progress(f"{w}: {m}"))
+            trial = run_trial(unit.loaded, unit.opts, unit.repeat, lambda m, w=where: progress(f"{w}: {m}"))
         finally:
             results["seconds"] = round(time.time() - started, 1)
         for run in trial["runs"]:
             run.pop("intervals", None)  # in the journal; results.json keeps the verdicts
-        entry["trials"].append(trial)
-        entry.update(aggregate(entry))
+        unit.entry["trials"].append(trial)
+        unit.entry.update(aggregate(unit.entry))
         report.write_all(results, report_dir)  # a partial report survives an interrupted matrix
     for entry in results["scenarios"]:
         entry["plots"] = entry_plots(entry, report_dir)

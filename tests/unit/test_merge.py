@@ -275,3 +275,14 @@ def test_matrix_cli_bad_repeat_or_shard_is_one_line(args, line):
 def test_scenario_run_repeat_is_checked_too():
     result = CliRunner().invoke(app, ["scenario", "run", "baseline", "--repeat", "101"])
     assert single_error(result) == "Error: --repeat 101: must be between 1 and 100"
+
+
+def test_units_run_round_by_round(tmp_path):
+    results, units = matrix.plan_matrix(["baseline", "hc-fanout"], False, [], tmp_path, True, repeat=2)
+    assert [u.id for u in units] == ["baseline#1", "hc-fanout#1", "baseline#2", "hc-fanout#2"]
+    assert [e["status"] for e in results["scenarios"]] == ["incomplete", "incomplete"]  # nothing run yet
+    _, mine = matrix.plan_matrix(
+        ["baseline", "hc-fanout"], False, ["nodes_per_az=1,3"], tmp_path, True, shard=Shard(2, 2)
+    )
+    assert [u.id for u in mine] == ["baseline[nodes_per_az=3]#1", "hc-fanout[nodes_per_az=3]#1"]
+    assert mine[0].opts.extra_set == ["nodes_per_az=3"]  # each unit runs with its own combination
