@@ -152,9 +152,7 @@ def aggregate(entry: dict[str, Any]) -> dict[str, Any]:
     """
     trials = entry.get("trials", [])
     votes = counted(trials)
-    texts: list[str] = []
-    for t in votes:
-        texts += [e["text"] for e in t.get("expectations", []) if e["text"] not in texts]
+    texts = list(dict.fromkeys(e["text"] for t in votes for e in t.get("expectations", [])))  # in file order
     expectations = [
         expectation(text, [e for t in votes for e in t.get("expectations", []) if e["text"] == text]) for text in texts
     ]
