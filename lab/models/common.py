@@ -20,7 +20,8 @@ DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)?$"
 WEEK = 7 * 86400.0  # the longest any duration may be unless its field says less
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as the user wrote it in YAML (true, .nan, a quoted string), short enough for one line."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and not math.isfinite(value):
@@ -37,15 +38,15 @@ def parse_duration(value: Any) -> float:
     """Seconds from 10, 2.5, "250ms", "10s", "2m" or "1h" (a bare number means seconds)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         if not math.isfinite(value):
-            raise ValueError(f"expected a duration such as 10s, 250ms or 2m, got {_shown(value)}")
+            raise ValueError(f"expected a duration such as 10s, 250ms or 2m, got {shown(value)}")
         if value < 0:
-            raise ValueError(f"a duration cannot be negative, got {_shown(value)}")
+            raise ValueError(f"a duration cannot be negative, got {shown(value)}")
         return float(value)
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
             return float(match.group(1)) * _UNIT[match.group(2)]
-    raise ValueError(f"expected a duration such as 10s, 250ms or 2m, got {_shown(value)}")
+    raise ValueError(f"expected a duration such as 10s, 250ms or 2m, got {shown(value)}")
 
 
 def format_duration(seconds: float) -> str:
@@ -67,9 +68,9 @@ def check_int(value: Any, low: int, high: int, text: bool = False) -> int:
     if text and isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected a whole number {_range_text(low, high)}, got {_shown(value)}")
+        raise ValueError(f"expected a whole number {_range_text(low, high)}, got {shown(value)}")
     if not low <= value <= high:
-        raise ValueError(f"must be {_range_text(low, high)}, got {_shown(value)}")
+        raise ValueError(f"must be {_range_text(low, high)}, got {shown(value)}")
     return int(value)
 
 
@@ -78,16 +79,16 @@ def check_number(value: Any, low: float, high: float, text: bool = False) -> flo
     if text and isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,15}(\.\d{1,15})?\s*", value):
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"expected a number {_range_text(low, high, _g)}, got {_shown(value)}")
+        raise ValueError(f"expected a number {_range_text(low, high, _g)}, got {shown(value)}")
     if not low <= value <= high:
-        raise ValueError(f"must be {_range_text(low, high, _g)}, got {_shown(value)}")
+        raise ValueError(f"must be {_range_text(low, high, _g)}, got {shown(value)}")
     return float(value)
 
 
 def check_duration(value: Any, low: float, high: float) -> float:
     seconds = parse_duration(value)
     if not low <= seconds <= high:
-        raise ValueError(f"must be {_range_text(low, high, format_duration)}, got {_shown(value)}")
+        raise ValueError(f"must be {_range_text(low, high, format_duration)}, got {shown(value)}")
     return seconds
 
 
@@ -136,7 +137,7 @@ def check_name(value: Any, longest: int = 24) -> str:
         return value
     raise ValueError(
         f"a name is 1-{longest} lowercase letters, digits or '-', starting with a letter and not ending with '-'; "
-        f"got {_shown(value)}"
+        f"got {shown(value)}"
     )
 
 

@@ -11,15 +11,15 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from lab.models.common import WEEK, DurationIn, Int, LabName, Name, Strict, Text
+from lab.models.common import WEEK, DurationIn, Int, LabName, Name, Strict, Text, shown
 
 NODEPORT_RANGE = (30000, 32767)
 # Every node and pod is a network namespace with its own processes on this one machine: the limits keep a lab
 # (and `lab up --dry-run`) within what one machine builds in minutes. The benchmarks' largest lab has 50 nodes.
 MAX_NODES_PER_AZ = 50
-MAX_NODES = 100
+MAX_NODES = 60
 MAX_REPLICAS = 100
-MAX_PODS = 200
+MAX_PODS = 100
 MAX_SERVICES = 20
 HAPROXY_MAXCONN = 8000  # the ELB nodes' global maxconn (lab.render.haproxy)
 CONNTRACK_LIMIT = 1 << 24  # nf_conntrack_max above 16M entries is beyond any node this lab emulates
@@ -29,21 +29,29 @@ LEGACY_UNTIL_MINOR = 11  # kube-proxy 1.5-1.11 has the legacy layout (DOMAIN: "L
 def _az_name(value: object) -> str:
     if isinstance(value, str) and re.fullmatch(r"[a-z0-9-]{1,24}", value):
         return value
-    raise ValueError(f"an AZ name is 1-24 lowercase letters, digits or '-', e.g. us-east-1a; got {value!r}")
+    raise ValueError(f"an AZ name is 1-24 lowercase letters, digits or '-', e.g. us-east-1a; got {shown(value)}")
 
 
 def _kubernetes_version(value: object) -> str:
     if isinstance(value, str) and re.fullmatch(r"1\.\d{1,2}(\.\d{1,3})?", value):
         return value
-    raise ValueError(f"a Kubernetes version is 1.MINOR or 1.MINOR.PATCH, e.g. 1.28.0 (quote it); got {value!r}")
+    raise ValueError(f"a Kubernetes version is 1.MINOR or 1.MINOR.PATCH, e.g. 1.28.0 (quote it); got {shown(value)}")
 
 
+def _cidr(value: object) -> object:
+    # ipaddress takes an integer (or a YAML true) as a /32 network: a CIDR block is written as text
+    if isinstance(value, str | IPv4Network):
+        return value
+    raise ValueError(f"expected a CIDR block such as 10.0.0.0/16, got {shown(value)}")
+
+
+Cidr = Annotated[IPv4Network, BeforeValidator(_cidr)]
 AzName = Annotated[str, Field(pattern=r"^[a-z0-9-]{1,24}$"), BeforeValidator(_az_name)]
 KubernetesVersion = Annotated[str, Field(pattern=r"^1\.\d{1,2}(\.\d{1,3})?$"), BeforeValidator(_kubernetes_version)]
 
 
 class Vpc(Strict):
-    cidr: IPv4Network = Field(description="The VPC's CIDR block")
+    cidr: Cidr = Field(description="The VPC's CIDR block")
 
 
 class Vpcs(Strict):
@@ -55,7 +63,7 @@ class Az(Strict):
     name: AzName = Field(description="AZ name, e.g. us-east-1a")
     nodes: Int(0, MAX_NODES_PER_AZ) | None = Field(None, description="Kubernetes nodes here (default: nodes_per_az)")
     elb_nodes: Int(0, 8) | None = Field(None, description="ELB nodes here (default: elb.nodes_per_az)")
-    subnet: IPv4Network | None = Field(None, description="Subnet in the cluster VPC (default: carved from it)")
+    subnet: Cidr | None = Field(None, description="Subnet in the cluster VPC (default: carved from it)")
 
     @property
     def letter(self) -> str:
@@ -163,9 +171,9 @@ class KubeProxy(Strict):
 
 class Cluster(Strict):
     kubernetes_version: KubernetesVersion = Field("1.28.0", description="1.MINOR or 1.MINOR.PATCH, e.g. 1.28.0")
-    pod_cidr: IPv4Network = Field(IPv4Network("100.96.0.0/11"), description="Cluster CIDR; each node gets a /24")
+    pod_cidr: Cidr = Field(IPv4Network("100.96.0.0/11"), description="Cluster CIDR; each node gets a /24")
     node_pod_prefix: Int(16, 28) = Field(24, description="Prefix length of each node's pod CIDR")
-    service_cidr: IPv4Network = IPv4Network("100.64.0.0/13")
+    service_cidr: Cidr = IPv4Network("100.64.0.0/13")
     node_cores: Int(1, 512) = Field(2, description="Cores per node (sets kube-proxy's conntrack max)")
 
     @property
@@ -239,12 +247,14 @@ class Topology(Strict):
         # Each node and pod is a namespace with its own processes on this one machine.
         if len(self.k8s_nodes) > MAX_NODES:
             raise ValueError(
-                f"{len(self.k8s_nodes)} Kubernetes nodes: a lab has at most {MAX_NODES} "
+                f"@nodes_per_az: {len(self.k8s_nodes)} Kubernetes nodes: a lab has at most {MAX_NODES} "
                 "(lower nodes_per_az or azs[].nodes)"
             )
         replicas = sum(s.replicas for s in self.services)
         if replicas > MAX_PODS:
-            raise ValueError(f"{replicas} pods in all: a lab has at most {MAX_PODS} (lower services[].replicas)")
+            raise ValueError(
+                f"@services: {replicas} pods in all: a lab has at most {MAX_PODS} (lower services[].replicas)"
+            )
         self._check_versions()
         node_names = {n.name for n in self.k8s_nodes}
         for si, svc in enumerate(self.services):
@@ -319,7 +329,7 @@ class Topology(Strict):
                 f"cluster.pod_cidr {self.cluster.pod_cidr} has room for {have - 1} node pod CIDRs, need {need}"
             )
         if self.vpcs.client.cidr.prefixlen > 28:
-            raise ValueError("vpcs.client.cidr is too small; use /28 or larger")
+            raise ValueError("@vpcs.client.cidr: too small; use /28 or larger")
 
     # --- derived inventory (pure, deterministic) ---
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLWarning
 from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 from ruamel.yaml.reader import ReaderError
 
@@ -74,8 +75,15 @@ def _check_shape(text: str, source: str) -> None:
 def parse_yaml(text: str, source: str) -> Any:
     """A YAML document as ruamel's commented data (which knows each value's line), after the limits."""
     try:
-        _check_shape(text, source)
-        return _yaml().load(io.StringIO(text))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", YAMLWarning)  # e.g. an anchor defined twice: an error, not stderr noise
+            _check_shape(text, source)
+            return _yaml().load(io.StringIO(text))
+    except YAMLWarning as exc:
+        said = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or ["a YAML warning"]
+        lines = re.findall(r"line (\d+)", str(exc))
+        where = f"{source}:{lines[-1]}" if lines else source
+        raise InputError(f"{where}: invalid YAML: {said[0]}") from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -83,8 +91,9 @@ def parse_yaml(text: str, source: str) -> Any:
         raise InputError(f"{where}: invalid YAML: {problem}") from None
     except ReaderError as exc:  # a control character: the reader counts characters, not lines
         line = text.count("\n", 0, max(0, exc.position)) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
         raise InputError(
-            f"{source}:{line}: invalid YAML: control character {exc.character!r} is not allowed; remove it"
+            f"{source}:{line}: invalid YAML: control character U+{char:04X} is not allowed; remove it"
         ) from None
     except RecursionError:
         raise InputError(f"{source}: nested more than {MAX_DEPTH} levels deep") from None
