@@ -49,7 +49,7 @@ class Delay(Params):
     )
     jitter: DurationIn(0, MAX_DELAY) = Field(0.0, description="+- on each round trip (uniform), at most the delay")
     loss: Fraction = Field(0.0, description="packets dropped in each direction, e.g. 1%")
-    reorder: Flag = Field(False, description="let jitter reorder packets (default: keep their order)")
+    reorder: Flag = Field(False, description="let jitter reorder packets (off: they keep their order)")
     engine: Engine = Field("auto", description="delay mechanism: netem when the kernel has it, else nfqueue")
 
     @model_validator(mode="after")
@@ -100,11 +100,13 @@ class ExhaustionParams(Params):
 
 class MisrouteParams(Params):
     variant: Literal["first-listener", "local-no-endpoints", "wrong-port"] = Field(
-        "first-listener", description="first-listener | local-no-endpoints | wrong-port"
+        "first-listener", description="how the check misses the broken path (docs/faults.md, variant by variant)"
     )
     service: Text(40) | None = Field(None, description="the service whose path breaks (default depends on variant)")
     port: Int(1, 65535, text=True) = Field(HEALTHZ_PORT, description="wrong-port: where the health check goes")
-    effect: Literal["reset", "drop"] = Field("reset", description="how the broken path fails: reset or drop")
+    effect: Literal["reset", "drop"] = Field(
+        "reset", description="how the broken path fails: a TCP reset, or a silent drop (timeouts)"
+    )
 
 
 class StaleParams(Params):
@@ -515,7 +517,7 @@ KINDS: dict[str, Kind] = {
              "AZ (default: all)", _az_target, plan_cross_az, "lab fault apply cross-az delay=50ms jitter=5ms"),
         Kind("link", "delay, jitter, loss, bandwidth or partition on one link", LinkParams, "link",
              _link_target, plan_link, "lab fault apply link --target node-a1 loss=2% bandwidth=10mbit"),
-        Kind("conntrack-invalid", "a pod's segments arrive out of window: INVALID in conntrack, un-NATed, RST",
+        Kind("conntrack-invalid", "a pod's segments arrive out of window: INVALID in conntrack, not un-NATed, RST",
              InvalidParams, "pod or service", _pods_or_service, plan_invalid,
              "lab fault apply conntrack-invalid --target accounts rate=1%"),
         Kind("stale-endpoints", "a pod dies; kube-proxy rules keep sending to it", StaleParams, "pod",

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
 
 from lab.errors import InputError
-from lab.models.common import Strict, format_duration
+from lab.models.common import Form, Strict, form_of, format_duration
 
 INJECTED = "Injected"
 NOT_INJECTED = "Not Injected"
@@ -21,6 +21,8 @@ _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)\s*$", re.I)
 _RATE_BITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
 MAX_LIST = 100
+TRUE_WORDS = ("on", "true", "yes", "1")
+FALSE_WORDS = ("off", "false", "no", "0")
 
 
 def parse_fraction(value: Any) -> float:
@@ -54,9 +56,9 @@ def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower() if isinstance(value, str | int) else ""
-    if text in ("1", "true", "yes", "on"):
+    if text in TRUE_WORDS:
         return True
-    if text in ("0", "false", "no", "off"):
+    if text in FALSE_WORDS:
         return False
     raise ValueError(f"expected on/off, true/false or 1/0, got {value!r}")
 
@@ -85,6 +87,7 @@ def FractionIn(low: float, high: float) -> Any:  # noqa: N802  (used as a type)
     return Annotated[
         float,
         BeforeValidator(check),
+        Form("percentage", f"from {low * 100:g}% to {high * 100:g}%"),
         WithJsonSchema(
             {
                 "anyOf": [{"type": "number", "minimum": low, "maximum": high}, {"type": "string"}],
@@ -107,6 +110,7 @@ def RateIn(low: int, high: int) -> Any:  # noqa: N802
     return Annotated[
         int,
         BeforeValidator(check),
+        Form("rate", f"from {show_rate(low)} to {show_rate(high)}"),
         WithJsonSchema(
             {
                 "anyOf": [{"type": "integer", "minimum": low, "maximum": high}, {"type": "string"}],
@@ -128,22 +132,39 @@ Fraction = FractionIn(0.0, 1.0)
 Flag = Annotated[
     bool,
     BeforeValidator(parse_bool),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "boolean"},
-                {"type": "string", "enum": ["on", "off", "true", "false", "yes", "no", "1", "0"]},
-            ]
-        }
-    ),
+    Form("on/off", "on/off, true/false, yes/no or 1/0"),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string", "enum": [*TRUE_WORDS, *FALSE_WORDS]}]}),
 ]
-Names = Annotated[list[str], BeforeValidator(parse_list)]
+Names = Annotated[
+    list[str],
+    BeforeValidator(parse_list),
+    Form("names", f"separated by commas (or a YAML list), at most {MAX_LIST}"),
+]
 
 
 class Params(Strict):
     """Base of every kind's parameters: strict (a typo is an error), validated from key=value strings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def param_docs(model: type[Params]) -> list[dict[str, str]]:
+    """Each parameter of a kind in words (form, allowed values, default, meaning): `lab fault list` and
+    docs/faults.md are made from this, so neither can drift from the declarations."""
+    out = []
+    for name, info in model.model_fields.items():
+        form = form_of(info.annotation, info.metadata)
+        default = info.get_default(call_default_factory=True)
+        out.append(
+            {
+                "name": name,
+                "form": form.kind,
+                "allowed": form.allowed,
+                "default": "" if default is None else form.show(default),
+                "help": info.description or "",
+            }
+        )
+    return out
 
 
 def parse_params(kind: str, model: type[Params], pairs: list[str] | dict[str, Any]) -> Params:

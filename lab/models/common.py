@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+import types
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -96,17 +98,48 @@ def _g(number: float) -> str:
     return f"{number:g}"
 
 
+@dataclass(frozen=True)
+class Form:
+    """How a value is written and which values are allowed, in words: one source for `lab fault list`,
+    the generated docs (lab.docsgen) and the JSON Schema's descriptions."""
+
+    kind: str  # e.g. "whole number", "duration", "percentage"
+    allowed: str  # e.g. "from 1s to 4000s"
+
+    def show(self, value: Any) -> str:
+        """A default value as the user would write it."""
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if self.kind == "duration":
+            return format_duration(float(value))
+        if self.kind == "percentage":
+            return f"{value * 100:g}%"
+        if isinstance(value, list):
+            return ",".join(map(str, value)) or "none"
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
+
+
 def Int(low: int, high: int, text: bool = False) -> Any:  # noqa: N802  (used as a type: `replicas: Int(0, 100)`)
     """The type of a whole number from low to high (bounds in the JSON Schema)."""
     return Annotated[
-        int, annotated_types.Interval(ge=low, le=high), BeforeValidator(lambda v: check_int(v, low, high, text))
+        int,
+        annotated_types.Interval(ge=low, le=high),
+        BeforeValidator(lambda v: check_int(v, low, high, text)),
+        Form("whole number", _range_text(low, high)),
     ]
 
 
 def Float(low: float, high: float, text: bool = False) -> Any:  # noqa: N802
     """The type of a finite number from low to high (bounds in the JSON Schema)."""
     return Annotated[
-        float, annotated_types.Interval(ge=low, le=high), BeforeValidator(lambda v: check_number(v, low, high, text))
+        float,
+        annotated_types.Interval(ge=low, le=high),
+        BeforeValidator(lambda v: check_number(v, low, high, text)),
+        Form("number", _range_text(low, high, _g)),
     ]
 
 
@@ -114,6 +147,7 @@ def DurationIn(low: float, high: float) -> Any:  # noqa: N802
     """The type of a duration from low to high seconds, written `10s`, `250ms`, `2m`, `1h` or as seconds."""
     return Annotated[
         float,
+        Form("duration", _range_text(low, high, format_duration)),
         BeforeValidator(lambda v: check_duration(v, low, high)),
         WithJsonSchema(
             {
@@ -146,6 +180,7 @@ def _name_type(longest: int, what: str) -> Any:
         str,
         Field(pattern=rf"^[a-z]([a-z0-9-]{{0,{longest - 2}}}[a-z0-9])?$", description=what),
         BeforeValidator(lambda v: check_name(v, longest)),
+        Form("name", what),
     ]
 
 
@@ -160,7 +195,30 @@ LabName = _name_type(
 
 def Text(longest: int) -> Any:  # noqa: N802
     """Free text of at most `longest` characters."""
-    return Annotated[str, Field(max_length=longest)]
+    return Annotated[str, Field(max_length=longest), Form("text", f"up to {longest} characters")]
+
+
+def form_of(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> Form:
+    """The Form of a field from its annotation (and the metadata pydantic took out of it)."""
+    for meta in metadata:
+        if isinstance(meta, Form):
+            return meta
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *meta = get_args(annotation)
+        return form_of(base, meta)
+    if origin in (Union, types.UnionType):
+        forms = [form_of(arg) for arg in get_args(annotation) if arg is not type(None)]
+        return forms[0] if len(forms) == 1 else Form(" or ".join(f.kind for f in forms), "")
+    if origin is Literal:
+        return Form("one of", ", ".join(map(str, get_args(annotation))))
+    if origin is list:
+        return Form("list", "")
+    if annotation is bool:
+        return Form("true/false", "true or false")
+    if annotation is str:
+        return Form("text", "")
+    return Form(getattr(annotation, "__name__", str(annotation)), "")
 
 
 class Strict(BaseModel):
