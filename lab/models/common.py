@@ -116,8 +116,10 @@ class Form:
             return format_duration(float(value))
         if self.kind == "percentage":
             return f"{value * 100:g}%"
+        if isinstance(value, list | dict) and not value:
+            return "none"
         if isinstance(value, list):
-            return ",".join(map(str, value)) or "none"
+            return ",".join(map(str, value))
         if isinstance(value, float):
             return f"{value:g}"
         return str(value)
@@ -204,6 +206,9 @@ def form_of(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> Form
         if isinstance(meta, Form):
             return meta
     origin = get_origin(annotation)
+    if origin is Annotated and get_origin(get_args(annotation)[0]) is list:  # list bounds sit outside the list
+        base, *meta = get_args(annotation)
+        return form_of(base, [*metadata, *meta])
     if origin is Annotated:
         base, *meta = get_args(annotation)
         return form_of(base, meta)
@@ -213,7 +218,15 @@ def form_of(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> Form
     if origin is Literal:
         return Form("one of", ", ".join(map(str, get_args(annotation))))
     if origin is list:
-        return Form("list", "")
+        (inner,) = get_args(annotation) or (Any,)
+        item = form_of(inner)
+        longest = next((m.max_length for m in metadata if isinstance(m, annotated_types.MaxLen)), None)
+        each = f"each {item.kind} {item.allowed}".strip()
+        return Form("list", f"at most {longest} items, {each}" if longest is not None else each)
+    if origin is dict or annotation is dict:
+        return Form("mapping", "")
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return Form("mapping", "(fields below)")
     if annotation is bool:
         return Form("true/false", "true or false")
     if annotation is str:

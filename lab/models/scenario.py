@@ -43,7 +43,7 @@ class Workload(Strict):
 
 class FaultStep(Strict):
     kind: Text(40) = Field(description="A fault kind (lab fault list)")
-    target: Text(40) | None = None
+    target: Text(40) | None = Field(None, description="What it acts on, as `--target` (lab fault list)")
     params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters (lab fault list)")
     at: DurationIn(0, DAY) = Field(0.0, description="Applied this long after the phase starts")
     for_: DurationIn(0.1, DAY) | None = Field(
@@ -87,11 +87,11 @@ class MetricRef(Strict):
 
 
 class Expectation(MetricRef):
-    op: Op | None = None
+    op: Op | None = Field(None, description="Compare with `value`")
     value: Figure | None = None
-    between: tuple[Figure, Figure] | None = None
+    between: tuple[Figure, Figure] | None = Field(None, description="[low, high], both included (instead of op)")
     of: MetricRef | None = Field(None, description="Ratio: this metric divided by `of` (e.g. 9 vs 3 instances)")
-    why: Text(500) = ""
+    why: Text(500) = Field("", description="Shown in reports")
 
     @model_validator(mode="after")
     def _predicate(self) -> Expectation:
@@ -107,21 +107,23 @@ class Expectation(MetricRef):
 class Scenario(Strict):
     """One hypothesis, replayed end to end."""
 
-    title: Text(200) = Field(min_length=3)
+    title: Text(200) = Field(min_length=3, description="A short name for reports (at least 3 characters)")
     hypothesis: Text(4000) = Field(min_length=10, description="What this scenario claims explains the seed's graphs")
     signature: Text(4000) = Field("", description="What the hypothesis predicts the graphs look like")
     observations: list[Literal["O1", "O2", "O3", "O4", "O5"]] = Field(
         default_factory=list, description="Seed observations this hypothesis claims to explain"
     )
-    topology: TopologyRef
+    topology: TopologyRef = Field(description="The lab it runs on")
     variants: dict[Name, list[Setting]] = Field(
         default_factory=dict,
         max_length=10,
         description="Run the timeline once per variant, each with these extra overrides",
     )
-    quick: QuickSettings | None = None
-    phases: list[Phase] = Field(min_length=1, max_length=50)
-    expect: list[Expectation] = Field(default_factory=list, max_length=100)
+    quick: QuickSettings | None = Field(None, description="How `--quick` runs it")
+    phases: list[Phase] = Field(min_length=1, max_length=50, description="The timeline, one phase after another")
+    expect: list[Expectation] = Field(
+        default_factory=list, max_length=100, description="What a run must measure for the hypothesis to hold"
+    )
 
     @field_validator("variants")
     @classmethod
@@ -166,7 +168,7 @@ class QuickSettings(Strict):
     """How `--quick` runs this scenario: its own time scale and extra overrides (e.g. a smaller table)."""
 
     time_scale: Float(0.001, 1) = Field(0.1, description="Timers and phases x this (1: real time)")
-    set: list[Setting] = Field(default_factory=list, max_length=50)
+    set: list[Setting] = Field(default_factory=list, max_length=50, description="Extra overrides for quick runs")
 
 
 Scenario.model_rebuild()
