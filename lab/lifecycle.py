@@ -20,6 +20,8 @@ from lab.state import LabState, all_labs, check_lab_name
 
 Progress = Callable[[str], None]
 
+DEFAULT_TOPOLOGY = Path("topologies/default.yaml")
+
 
 class Interrupted(LabError):
     """SIGTERM/SIGHUP during a command: handled like Ctrl-C (roll back, then exit)."""
@@ -40,6 +42,13 @@ def signals_as_interrupts() -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def default_topology_path() -> Path:
+    """topologies/default.yaml: in the current directory if there, else the one beside this package."""
+    if DEFAULT_TOPOLOGY.exists():
+        return DEFAULT_TOPOLOGY
+    return Path(__file__).resolve().parents[1] / DEFAULT_TOPOLOGY
 
 
 def load_topology(path: Path, overrides: list[str] | None = None) -> Topology:
@@ -66,6 +75,19 @@ def prepare(
     lab_name = check_lab_name(name or topo.name)
     get_backend(backend)  # unknown backend: fail before anything else
     return Lab(name=lab_name, topology=topo, backend_name=backend, time_scale=time_scale, source=str(topology))
+
+
+def dry_run(lab: Lab) -> dict[str, Any]:
+    """What `up` would create and apply, for machines: the lab's description and the backend's plan, one
+    entry per section of its text (namespaces, network, rules per node, haproxy.cfg per ELB node, ...)."""
+    sections: list[dict[str, Any]] = []
+    for line in lab.backend.plan_text(lab).splitlines():
+        if line.startswith("## "):  # the backends' plan text heads each section so
+            sections.append({"title": line[3:], "lines": []})
+        elif sections:
+            sections[-1]["lines"].append(line)
+    plan = [{"title": s["title"], "text": "\n".join(s["lines"]).strip("\n") + "\n"} for s in sections]
+    return {**lab.describe(), "dry_run": True, "plan": plan}
 
 
 def up(lab: Lab, progress: Progress = lambda _msg: None) -> dict[str, Any]:
