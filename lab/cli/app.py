@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 app = typer.Typer(
+    name="lab",
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode=None,
