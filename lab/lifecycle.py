@@ -6,21 +6,18 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lab.backends import get_backend
+from lab.backends.base import Progress
 from lab.errors import InputError, LabError, LabStateError
 from lab.haproxy_stats import instance_health, show_stat
-from lab.lab import Lab
+from lab.lab import Lab, default_lab_name, env_lab_name
 from lab.models.topology import Topology
-from lab.models.yamlio import load_model
+from lab.spec import default_topology_path, load_topology
 from lab.state import LabState, all_labs, check_lab_name
-
-Progress = Callable[[str], None]
-
-DEFAULT_TOPOLOGY = Path("topologies/default.yaml")
 
 
 class Interrupted(LabError):
@@ -44,24 +41,6 @@ def signals_as_interrupts() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def default_topology_path() -> Path:
-    """topologies/default.yaml: in the current directory if there, else the one beside this package."""
-    if DEFAULT_TOPOLOGY.exists():
-        return DEFAULT_TOPOLOGY
-    return Path(__file__).resolve().parents[1] / DEFAULT_TOPOLOGY
-
-
-def load_topology(path: Path, overrides: list[str] | None = None) -> Topology:
-    topo = load_model(Topology, path, overrides)
-    try:
-        from lab.render.plan import build_plan
-
-        build_plan(topo)  # capacity problems surface now, not halfway through `up`
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    return topo
-
-
 def prepare(
     topology: Path,
     name: str | None = None,
@@ -75,6 +54,23 @@ def prepare(
     lab_name = check_lab_name(name or topo.name)
     get_backend(backend)  # unknown backend: fail before anything else
     return Lab(name=lab_name, topology=topo, backend_name=backend, time_scale=time_scale, source=str(topology))
+
+
+def topology_of(path: Path | None, overrides: list[str], lab_name: str | None) -> tuple[Topology, float]:
+    """(topology, ELB timer scale) a read-only command looks at: the file `path` (with --set overrides), else
+    the lab named by `lab_name` or $LAB_NAME, else the default lab when it is up, else topologies/default.yaml."""
+    if path is not None:
+        return load_topology(path, overrides), 1.0
+    if overrides:
+        raise InputError("--set needs -t FILE (a running lab's topology is fixed)")
+    named = lab_name or env_lab_name()
+    try:
+        lab = Lab.load(named or default_lab_name())
+    except LabStateError:
+        if named:
+            raise
+        return load_topology(default_topology_path()), 1.0
+    return lab.topology, lab.time_scale
 
 
 def dry_run(lab: Lab) -> dict[str, Any]:
@@ -136,7 +132,7 @@ def down(name: str) -> dict[str, Any]:
 
 def _end_faults(state: LabState) -> None:
     """The lab's faults end with it: stop their reverters (the rest goes with the namespaces)."""
-    from lab.faults import teardown
+    from lab.faults import teardown  # imported at use for start-up speed
 
     with contextlib.suppress(OSError, LabError, ValueError):
         teardown(state)
@@ -187,7 +183,7 @@ def status(name: str) -> dict[str, Any]:
         out["processes"] = []
         out["problem"] = str(exc)
     out["elb"] = elb_view(lab)
-    from lab import faults  # faults build on lifecycle; imported here to keep that direction
+    from lab import faults  # imported at use for start-up speed (faults sit below lifecycle)
 
     out["faults"] = faults.status(lab, active_only=True)
     return out

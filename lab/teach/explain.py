@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from lab import lifecycle
-from lab.errors import InputError, LabStateError
-from lab.lab import Lab, default_lab_name, env_lab_name
+from lab.errors import InputError
 from lab.models.topology import Topology
 from lab.render.kubeproxy import NODEPORTS_LAST_COMMENT, describe_rule, health_check_node_port, render_node
 from lab.render.plan import NetworkPlan, build_plan
@@ -300,29 +297,6 @@ def _node_summary(path: NodePath, node_port: int, nodes: list[str]) -> str:
     else:
         text += " Its source is kept (no SNAT)."
     return text
-
-
-def explain_lab_or_file(
-    topology: Path | None,
-    overrides: list[str],
-    lab_name: str | None,
-    service: str | None = None,
-    node: str | None = None,
-) -> dict[str, Any]:
-    """`lab explain`: of the topology file if one is given, else of the lab named by `lab_name` or $LAB_NAME,
-    else of the default lab when it is up, else of topologies/default.yaml (no lab needed)."""
-    if topology is not None:
-        return explain(lifecycle.load_topology(topology, overrides), service, node)
-    if overrides:
-        raise InputError("--set needs -t FILE (a running lab's topology is fixed)")
-    named = lab_name or env_lab_name()
-    try:
-        lab = Lab.load(named or default_lab_name())
-    except LabStateError:
-        if named:
-            raise
-        return explain(lifecycle.load_topology(lifecycle.default_topology_path()), service, node)
-    return explain(lab.topology, service, node, lab.time_scale)
 
 
 def explain(

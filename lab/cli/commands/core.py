@@ -46,8 +46,9 @@ def up_cmd(
     """Bring a lab up from a topology file."""
     from lab import lifecycle  # imported at use for start-up speed
     from lab.lab import env_lab_name
+    from lab.spec import default_topology_path
 
-    path = topology or lifecycle.default_topology_path()
+    path = topology or default_topology_path()
     lab = lifecycle.prepare(path, name or env_lab_name(), overrides, backend, time_scale)
     if dry_run:
         if json_out:
@@ -229,13 +230,13 @@ def demo_cmd(
 ) -> None:
     """The main job: a tour of the path (the default lab up, an RPC through every listener and ELB node,
     status, down), then the quick matrix of every hypothesis with the hypothesis x observation answer."""
-    from lab import lifecycle  # imported at use for start-up speed
-    from lab.cli.views import finish_matrix, print_tour
+    from lab.cli.views import finish_matrix, print_tour  # imported at use for start-up speed
     from lab.scenarios.matrix import run_matrix
+    from lab.spec import default_topology_path
     from lab.tour import tour
 
     with progress(f"lab demo {name}: the tour", quiet=json_out) as step:
-        toured = tour(topology or lifecycle.default_topology_path(), name, step)
+        toured = tour(topology or default_topology_path(), name, step)
     if not json_out:
         print_tour(toured)
     if tour_only:

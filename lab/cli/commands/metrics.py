@@ -163,7 +163,7 @@ def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str
 
 
 def _recorder(lab: Lab, interval: float, record: Path | None, nodes: bool):
-    from lab.metrics import Recorder
+    from lab.metrics.recorder import Recorder
 
     return Recorder(lab, record, interval=interval, nodes=nodes, note="lab metrics")
 
@@ -186,7 +186,7 @@ def metrics_cmd(
 
     --json prints the interval as JSON (with --watch: one line per interval)."""
     from lab.lab import Lab  # imported at use for start-up speed
-    from lab.metrics import to_prometheus
+    from lab.metrics.exposition import to_prometheus
     from lab.metrics.recorder import check_interval
 
     interval = check_interval(seconds(interval, "--interval"))

@@ -107,10 +107,12 @@ def explain_cmd(
     Sends no traffic. Without -t it explains the lab (or topologies/default.yaml when no lab is named and the
     default lab is not up).
     """
-    from lab.teach.explain import explain_lab_or_file  # imported at use for start-up speed
+    from lab.lifecycle import topology_of  # imported at use for start-up speed
+    from lab.teach.explain import explain
     from lab.teach.views import explain_view
 
-    data = explain_lab_or_file(topology, overrides, name, service, node)
+    topo, time_scale = topology_of(topology, overrides, name)
+    data = explain(topo, service, node, time_scale)
     if json_out:
         print_json(data)
         return
