@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lab.cli import app
-from lab.cli.options import NAME_HELP, seconds
+from lab.cli.options import NAME_HELP, JsonOpt, seconds
 from tests.conftest import REPO, TOPOLOGIES, single_error
 
 runner = CliRunner()
@@ -113,6 +113,13 @@ def test_every_command_has_a_json_flag_and_an_example(path, cmd):
     flag = option(cmd, "--json")
     assert flag is not None and flag.is_flag, f"lab {path} has no --json flag"
     assert f"lab {path}" in (cmd.epilog or ""), f"lab {path} --help has no example"
+
+
+def test_json_is_the_shared_option_but_where_it_means_more():
+    own = {"exec", "schema", "top"}  # exec captures the command's output; schema is JSON anyway; top: JSON lines
+    helps = {path: option(cmd, "--json").help for path, cmd in all_commands()}
+    assert own < set(helps)
+    assert {path for path, text in helps.items() if text != JsonOpt.help} == own
 
 
 def test_every_name_option_says_the_fixed_default():
