@@ -67,7 +67,7 @@ def shard_files(root: Path, shards: int) -> list[Path]:
     """The every-scenario matrix, planned for real with synthetic trials, cut as `--shard I/N` would."""
     matrix.run_trial = synthetic_trial  # no lab: this measures the merge, not the runs
     repeat = -(-shards // len(matrix.builtin()))  # enough units for every shard to hold one
-    whole = matrix.run_matrix([], True, [], root / "whole", quick=True, repeat=repeat)
+    whole = matrix.run_matrix([], use_all=True, report_dir=root / "whole", quick=True, repeat=repeat)
     plan = [u for e in whole["plan"] for u in e["units"]]
     paths = []
     for i in range(1, shards + 1):

@@ -97,13 +97,13 @@ class Unit:
 
 def plan_matrix(
     files: list[str],
-    use_all: bool,
-    sets: list[str],
+    *,
+    use_all: bool = False,
+    sets: list[str] | None = None,
     report_dir: Path,
-    quick: bool,
+    quick: bool = False,
     time_scale: float | None = None,
     backend: str = "netns",
-    *,
     repeat: int = 1,
     shard: Shard | None = None,
 ) -> tuple[dict[str, Any], list[Unit]]:
@@ -112,6 +112,7 @@ def plan_matrix(
     if not 1 <= repeat <= MAX_REPEAT:
         raise InputError(f"--repeat {repeat}: must be between 1 and {MAX_REPEAT}")
     shard = shard or Shard(1, 1)
+    sets = list(sets or [])
     scenarios = load_all(files, use_all, expand_sets(sets))
     scale = time_scale if time_scale is not None else (QUICK_SCALE if quick else 1.0)
     repeats = list(range(1, repeat + 1))
@@ -157,21 +158,29 @@ def plan_matrix(
 
 def run_matrix(
     files: list[str],
-    use_all: bool,
-    sets: list[str],
+    *,
+    use_all: bool = False,
+    sets: list[str] | None = None,
     report_dir: Path,
-    quick: bool,
+    quick: bool = False,
     time_scale: float | None = None,
     progress: Callable[[str], None] = lambda _m: None,
     backend: str = "netns",
-    *,
     repeat: int = 1,
     shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Run the matrix (or one shard of it) and write its reports. Repeats go round by round (every scenario
     once, then again), so a partial report covers every scenario and a drift of the machine spreads out."""
     results, units = plan_matrix(
-        files, use_all, sets, report_dir, quick, time_scale, backend, repeat=repeat, shard=shard
+        files,
+        use_all=use_all,
+        sets=sets,
+        report_dir=report_dir,
+        quick=quick,
+        time_scale=time_scale,
+        backend=backend,
+        repeat=repeat,
+        shard=shard,
     )
     report_dir.mkdir(parents=True, exist_ok=True)
     started = results["started"]

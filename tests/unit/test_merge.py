@@ -61,7 +61,7 @@ def fake_matrix(monkeypatch):
     monkeypatch.setattr(matrix, "git_commit", lambda: "a" * 40)
 
     def run(out: Path, shard: Shard | None = None, repeat: int = 3, **kw) -> dict:
-        return matrix.run_matrix(SCENARIOS, False, [], out, quick=True, repeat=repeat, shard=shard, **kw)
+        return matrix.run_matrix(SCENARIOS, report_dir=out, quick=True, repeat=repeat, shard=shard, **kw)
 
     return run
 
@@ -278,11 +278,11 @@ def test_scenario_run_repeat_is_checked_too():
 
 
 def test_units_run_round_by_round(tmp_path):
-    results, units = matrix.plan_matrix(["baseline", "hc-fanout"], False, [], tmp_path, True, repeat=2)
+    results, units = matrix.plan_matrix(["baseline", "hc-fanout"], report_dir=tmp_path, quick=True, repeat=2)
     assert [u.id for u in units] == ["baseline#1", "hc-fanout#1", "baseline#2", "hc-fanout#2"]
     assert [e["status"] for e in results["scenarios"]] == ["incomplete", "incomplete"]  # nothing run yet
     _, mine = matrix.plan_matrix(
-        ["baseline", "hc-fanout"], False, ["nodes_per_az=1,3"], tmp_path, True, shard=Shard(2, 2)
+        ["baseline", "hc-fanout"], sets=["nodes_per_az=1,3"], report_dir=tmp_path, quick=True, shard=Shard(2, 2)
     )
     assert [u.id for u in mine] == ["baseline[nodes_per_az=3]#1", "hc-fanout[nodes_per_az=3]#1"]
     assert mine[0].opts.extra_set == ["nodes_per_az=3"]  # each unit runs with its own combination

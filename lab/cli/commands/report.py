@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from lab.cli.app import app, command
-from lab.cli.commands.scenario import finish_matrix
+from lab.cli.options import JsonOpt
+from lab.cli.views import finish_matrix
 
 report_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Work with the reports of matrix runs.")
 app.add_typer(report_app, name="report")
@@ -21,8 +22,10 @@ app.add_typer(report_app, name="report")
 )
 def merge_cmd(
     parts: list[Path] = typer.Argument(..., help="Report directories of the shards (or their results.json files)."),
-    report_dir: Path = typer.Option(Path("reports/merged"), "--report", help="Directory for the merged reports."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    report_dir: Path = typer.Option(
+        Path("reports/merged"), "--report", metavar="DIR", help="Directory for the merged reports."
+    ),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Merge the results of `lab matrix --shard I/N` runs into one report (md, html, junit, json) with the
     same table as an unsharded run. Refuses shards of another commit or other settings; exit 1 when a

@@ -1,40 +1,35 @@
-"""`lab scenario list|validate|run|metrics` and `lab matrix`: replay hypotheses and answer the seed's question."""
+"""`lab scenario list|validate|run|metrics` and `lab matrix`: replay hypotheses and answer the seed's question.
+
+The library is imported inside each command (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from lab.backends import get_backend
 from lab.cli.app import app, command, console, print_json, progress
+from lab.cli.options import BackendOpt, JsonOpt, ReportOpt, set_option
+from lab.cli.views import finish_matrix
 from lab.errors import InputError
-from lab.models.scenario import OBSERVATIONS
-from lab.models.yamlio import read_yaml
-from lab.scenarios import report
-from lab.scenarios.loader import builtin, load_scenario
-from lab.scenarios.matrix import MAX_REPEAT, QUICK_SCALE, Shard, run_matrix
-from lab.scenarios.metrics import CATALOG
 
 scenario_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Replay one hypothesis as a scenario; list and validate them."
 )
 app.add_typer(scenario_app, name="scenario")
 
-JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
-BackendOpt = typer.Option("netns", "--backend", "-b", help="netns (default) or kind.")
-ReportOpt = typer.Option(Path("reports/latest"), "--report", help="Directory for report.md/html, junit.xml, ...")
 # CI's budget: `make test` is ~9 min of pytest plus the quick matrix (~5.5 min per repeat here); 3 repeats
-# keep it near 25 min of the 90, and give every cell an agreement count (YES 3/3, FLAKY 2/3).
+# keep it near 26 min of the 90, and give every cell an agreement count (YES 3/3, FLAKY 2/3).
 MATRIX_REPEAT = 3
 
 
-def repeat_opt(default: int) -> typer.Option:
+def repeat_option(default: int) -> typer.Option:
     return typer.Option(
         default,
         "--repeat",
-        help=f"Run each scenario N times (1-{MAX_REPEAT}); verdicts become agreement counts, figures medians "
+        metavar="N",
+        help="Run each scenario N times; verdicts become agreement counts (YES 3/3, FLAKY 2/3), figures medians "
         "with their spread.",
     )
 
@@ -42,6 +37,11 @@ def repeat_opt(default: int) -> typer.Option:
 @command("list", on=scenario_app, epilog="Example:\n\n  lab scenario list")
 def list_cmd(json_out: bool = JsonOpt) -> None:
     """The built-in scenarios (scenarios/*.yaml): their titles and the observations they claim to explain."""
+    from rich.table import Table  # imported at use for start-up speed
+
+    from lab.models.yamlio import read_yaml
+    from lab.scenarios.loader import builtin
+
     rows = []
     for path in builtin():
         data = read_yaml(path) or {}
@@ -61,7 +61,7 @@ def list_cmd(json_out: bool = JsonOpt) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["id"], r["title"], " ".join(r["observations"]) or "-")
-    console.print(table)
+    console().print(table)
 
 
 @command(
@@ -75,6 +75,8 @@ def validate_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Check scenarios completely (schema, topology overrides, fault kinds and targets, metrics), running nothing."""
+    from lab.scenarios.loader import load_scenario  # imported at use for start-up speed
+
     out = []
     for name in files:
         loaded = load_scenario(name)
@@ -91,12 +93,18 @@ def validate_cmd(
         print_json(out)
     else:
         for o in out:
-            console.print(f"{o['file']}: ok ({len(o['variants'])} variant(s), {o['seconds']:g}s per run at full scale)")
+            console().print(
+                f"{o['file']}: ok ({len(o['variants'])} variant(s), {o['seconds']:g}s per run at full scale)"
+            )
 
 
 @command("metrics", on=scenario_app, epilog="Example:\n\n  lab scenario metrics")
 def metrics_cmd(json_out: bool = JsonOpt) -> None:
     """Every metric an expectation may name, with its kind and statistics."""
+    from rich.table import Table  # imported at use for start-up speed
+
+    from lab.scenarios.metrics import CATALOG
+
     rows = [{"metric": m.name, "kind": m.kind, "stats": list(m.stats), "help": m.help} for m in CATALOG.values()]
     if json_out:
         print_json(rows)
@@ -106,7 +114,7 @@ def metrics_cmd(json_out: bool = JsonOpt) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["metric"], r["kind"], ", ".join(r["stats"]), r["help"])
-    console.print(table)
+    console().print(table)
 
 
 @command(
@@ -124,8 +132,8 @@ def run_cmd(
         1.0, "--time-scale", help="Shrink the ELB's and the scenario's timers (0 < F <= 1)."
     ),
     quick: bool = typer.Option(False, "--quick", help="The scenario's own quick settings, as `lab matrix --quick`."),
-    overrides: list[str] = typer.Option([], "--set", help="Extra topology override KEY=VALUE (repeatable)."),
-    repeat: int = repeat_opt(1),
+    overrides: list[str] = set_option("Extra topology override KEY=VALUE (repeatable)."),
+    repeat: int = repeat_option(1),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -150,53 +158,44 @@ def run_cmd(
 def matrix_cmd(
     files: list[str] = typer.Argument(None, help="Scenario files or built-in names (default: --all)."),
     use_all: bool = typer.Option(False, "--all", help="Every built-in scenario."),
-    sets: list[str] = typer.Option([], "--set", help="KEY=V1,V2: run every scenario once per value (cross product)."),
+    sets: list[str] = set_option("Run every scenario once per value (cross product; repeatable).", metavar="KEY=V1,V2"),
     report_dir: Path = ReportOpt,
-    quick: bool = typer.Option(False, "--quick", help=f"Scaled timers (x{QUICK_SCALE:g}) and short phases: CI-sized."),
-    repeat: int = repeat_opt(MATRIX_REPEAT),
+    quick: bool = typer.Option(
+        False, "--quick", help="Each scenario's own quick settings (scaled timers, short phases): CI-sized."
+    ),
+    repeat: int = repeat_option(MATRIX_REPEAT),
     shard: str = typer.Option(
-        None, "--shard", help="I/N: run only the I-th of N stable parts (for N machines; merge with lab report merge)."
+        None,
+        "--shard",
+        metavar="I/N",
+        help="Run only the I-th of N stable parts (one per machine; merge them with `lab report merge`).",
     ),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
+    from lab.scenarios.matrix import Shard  # imported at use for start-up speed
+
     part = Shard.parse(shard) if shard is not None else None
     results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend, repeat, part)
     finish_matrix(results, json_out)
 
 
 def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend, repeat, shard):
+    from lab.backends import get_backend  # imported at use for start-up speed
+    from lab.scenarios.matrix import run_matrix
+
     get_backend(backend)  # an unknown backend fails before anything runs
     with progress("lab matrix" if len(files) != 1 else f"lab scenario {files[0]}") as step:
         return run_matrix(
-            files, use_all, sets + list(overrides), report_dir, quick, scale, step, backend, repeat=repeat, shard=shard
+            files,
+            use_all=use_all,
+            sets=sets + list(overrides),
+            report_dir=report_dir,
+            quick=quick,
+            time_scale=scale,
+            progress=step,
+            backend=backend,
+            repeat=repeat,
+            shard=shard,
         )
-
-
-def finish_matrix(results: dict, json_out: bool) -> None:
-    if json_out:
-        print_json(results)
-    else:
-        print_table(results)
-        console.print(f"reports: {results['files']['report.html']} (also report.md, junit.xml, results.json)")
-    if not report.answered(results):
-        raise typer.Exit(1)
-
-
-def print_table(results: dict) -> None:
-    table = Table(title="Which hypothesis reproduces which seed observation", title_justify="left")
-    table.add_column("hypothesis (scenario)")
-    for o in OBSERVATIONS:
-        table.add_column(f"{o} {report.OBSERVATION_TEXT[o]}", overflow="fold")
-    table.add_column("verdict")
-    for row in report.table_rows(results):
-        styled = []
-        for c in row[1:-1]:
-            style = {"YES": "green", "no": "red", "FLAKY": "yellow"}.get(c.split(" ")[0], "dim")
-            styled.append(f"[{style}]{c}[/]")
-        verdict = row[-1]
-        table.add_row(row[0], *styled, f"[{'green' if verdict == 'passed' else 'red'}]{verdict}[/]")
-    console.print(table)
-    for word, text in report.problems(results):
-        console.print(f"[red]{word}[/] {text}")
