@@ -6,19 +6,17 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lab.backends import get_backend
+from lab.backends.base import Progress
 from lab.errors import InputError, LabError, LabStateError
 from lab.haproxy_stats import instance_health, show_stat
 from lab.lab import Lab
-from lab.models.topology import Topology
-from lab.models.yamlio import load_model
+from lab.spec import load_topology
 from lab.state import LabState, all_labs, check_lab_name
-
-Progress = Callable[[str], None]
 
 
 class Interrupted(LabError):
@@ -40,17 +38,6 @@ def signals_as_interrupts() -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-
-
-def load_topology(path: Path, overrides: list[str] | None = None) -> Topology:
-    topo = load_model(Topology, path, overrides)
-    try:
-        from lab.render.plan import build_plan
-
-        build_plan(topo)  # capacity problems surface now, not halfway through `up`
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    return topo
 
 
 def prepare(
@@ -114,7 +101,7 @@ def down(name: str) -> dict[str, Any]:
 
 def _end_faults(state: LabState) -> None:
     """The lab's faults end with it: stop their reverters (the rest goes with the namespaces)."""
-    from lab.faults import teardown
+    from lab.faults import teardown  # imported at use for start-up speed
 
     with contextlib.suppress(OSError, LabError, ValueError):
         teardown(state)
@@ -165,7 +152,7 @@ def status(name: str) -> dict[str, Any]:
         out["processes"] = []
         out["problem"] = str(exc)
     out["elb"] = elb_view(lab)
-    from lab import faults  # faults build on lifecycle; imported here to keep that direction
+    from lab import faults  # imported at use for start-up speed (faults sit below lifecycle)
 
     out["faults"] = faults.status(lab, active_only=True)
     return out

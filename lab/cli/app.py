@@ -68,9 +68,3 @@ def progress(title: str, quiet: bool = False) -> Iterator[Callable[[str], None]]
             yield lambda msg: status.update(f"{title}: {msg}")
     else:
         yield lambda msg: print(f"{title}: {msg}", file=sys.stderr, flush=True)
-
-
-def main() -> None:
-    from lab.cli import commands  # noqa: F401  registers every command on `app`
-
-    app()

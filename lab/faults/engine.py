@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from lab.errors import InputError, LabError, LabStateError
 from lab.faults.kinds import KINDS, get_kind
 from lab.faults.model import APPLYING, INJECTED, NOT_INJECTED, FaultRecord, Step, param_docs, parse_params, show_params
-from lab.faults.ops import OPS, cmdline, find_helpers, run_quietly, stop_pids
+from lab.faults.ops import OPS, find_helpers, run_quietly, stop_pids
 from lab.faults.store import FaultStore
+from lab.hosts import process_cmdline
 from lab.state import LabState
 
 if TYPE_CHECKING:
@@ -289,7 +290,7 @@ def _spawn_reverter(lab: Lab, rec: FaultRecord) -> int:
 
 
 def _is_reverter(pid: int, lab_name: str, fid: int) -> bool:
-    cmd = cmdline(pid)
+    cmd = process_cmdline(pid)
     return REVERTER_MODULE in cmd and lab_name in cmd and str(fid) in cmd
 
 

@@ -23,7 +23,7 @@ from lab.render.plan import CLUSTER_ROUTER
 if TYPE_CHECKING:
     from lab.lab import Lab
 
-Engine = Literal["auto", "netem", "nfqueue"]
+DelayEngine = Literal["auto", "netem", "nfqueue"]
 MAX_DELAY = 10.0
 CONNTRACK_LIMIT = 1 << 24  # as the topology's kube_proxy.conntrack.max
 HEALTHZ_PORT = 10256  # kube-proxy's healthz port: answers on every node whatever the services do
@@ -50,7 +50,7 @@ class Delay(Params):
     jitter: DurationIn(0, MAX_DELAY) = Field(0.0, description="+- on each round trip (uniform), at most the delay")
     loss: Fraction = Field(0.0, description="packets dropped in each direction, e.g. 1%")
     reorder: Flag = Field(False, description="let jitter reorder packets (off: they keep their order)")
-    engine: Engine = Field("auto", description="delay mechanism: netem when the kernel has it, else nfqueue")
+    engine: DelayEngine = Field("auto", description="delay mechanism: netem when the kernel has it, else nfqueue")
 
     @model_validator(mode="after")
     def _ranges(self) -> Delay:
@@ -138,7 +138,7 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class Kind:
+class FaultKind:
     name: str
     summary: str
     params: type[Params]
@@ -504,34 +504,34 @@ def _elb_target(lab: Lab, name: str | None, _p: Any) -> str:
     return _one_of("ELB node", name, [e.name for e in lab.topology.elb_nodes], default="all")
 
 
-KINDS: dict[str, Kind] = {
+KINDS: dict[str, FaultKind] = {
     k.name: k
     for k in (
-        Kind("conntrack-exhaustion", "fill a node's conntrack table (ASSURED entries) or emulate a smaller max",
+        FaultKind("conntrack-exhaustion", "fill a node's conntrack table (ASSURED entries) or emulate a smaller max",
              ExhaustionParams, "node", _exhaustion_target, plan_exhaustion,
              "lab fault apply conntrack-exhaustion --target node-a1 mode=fill free=0"),
-        Kind("healthcheck-misroute", "the ELB health check stays green while a service's path fails",
+        FaultKind("healthcheck-misroute", "the ELB health check stays green while a service's path fails",
              MisrouteParams, "node (default: all)", _misroute_target, plan_misroute,
              "lab fault apply healthcheck-misroute --target node-a1 variant=first-listener"),
-        Kind("cross-az", "delay/jitter/loss between AZs (and on the VPC peering link)", CrossAzParams,
+        FaultKind("cross-az", "delay/jitter/loss between AZs (and on the VPC peering link)", CrossAzParams,
              "AZ (default: all)", _az_target, plan_cross_az, "lab fault apply cross-az delay=50ms jitter=5ms"),
-        Kind("link", "delay, jitter, loss, bandwidth or partition on one link", LinkParams, "link",
+        FaultKind("link", "delay, jitter, loss, bandwidth or partition on one link", LinkParams, "link",
              _link_target, plan_link, "lab fault apply link --target node-a1 loss=2% bandwidth=10mbit"),
-        Kind("conntrack-invalid", "a pod's segments arrive out of window: INVALID in conntrack, not un-NATed, RST",
+        FaultKind("conntrack-invalid", "a pod's segments arrive out of window: INVALID in conntrack, not un-NATed, RST",
              InvalidParams, "pod or service", _pods_or_service, plan_invalid,
              "lab fault apply conntrack-invalid --target accounts rate=1%"),
-        Kind("stale-endpoints", "a pod dies; kube-proxy rules keep sending to it", StaleParams, "pod",
+        FaultKind("stale-endpoints", "a pod dies; kube-proxy rules keep sending to it", StaleParams, "pod",
              _pod_target, plan_stale, "lab fault apply stale-endpoints --target accounts-0 fresh=node-b1"),
-        Kind("syn-backlog", "a pod's listen backlog so small that SYNs overflow under bursts", BacklogParams,
+        FaultKind("syn-backlog", "a pod's listen backlog so small that SYNs overflow under bursts", BacklogParams,
              "pod or service", _pods_or_service, plan_backlog,
              "lab fault apply syn-backlog --target accounts-0 backlog=1 accept_delay=200ms"),
-        Kind("elb-idle-timeout", "the ELB drops idle connections at its timeout", IdleParams,
+        FaultKind("elb-idle-timeout", "the ELB drops idle connections at its timeout", IdleParams,
              "ELB node (default: all)", _elb_target, plan_idle, "lab fault apply elb-idle-timeout timeout=5s"),
     )
 }  # fmt: skip
 
 
-def get_kind(name: str) -> Kind:
+def get_kind(name: str) -> FaultKind:
     try:
         return KINDS[name]
     except KeyError:

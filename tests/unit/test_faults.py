@@ -15,7 +15,7 @@ from lab.faults.model import FaultRecord, Step, parse_fraction, parse_params, pa
 from lab.faults.ops import OPS, TC_HANDLE, filler_lines
 from lab.faults.store import FaultStore
 from lab.lab import Lab
-from lab.lifecycle import load_topology
+from lab.spec import load_topology
 from lab.state import LabState
 from tests.conftest import TOPOLOGIES
 

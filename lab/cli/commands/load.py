@@ -138,7 +138,7 @@ def load_cmd(
     run = LoadRun(lab, spec)
     recorder = None
     if record is not None:
-        from lab.metrics import Recorder
+        from lab.metrics.recorder import Recorder
 
         recorder = Recorder(lab, record, interval=interval, client=run, note=f"lab load {service}")
     quiet = json_file == "-"

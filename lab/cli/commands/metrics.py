@@ -148,7 +148,7 @@ def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str
 
 
 def _recorder(lab: Lab, interval: float, record: Path | None, nodes: bool):
-    from lab.metrics import Recorder
+    from lab.metrics.recorder import Recorder
 
     return Recorder(lab, record, interval=interval, nodes=nodes, note="lab metrics")
 
@@ -168,7 +168,7 @@ def metrics_cmd(
     name: str = NameOpt,
 ) -> None:
     """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics."""
-    from lab.metrics import to_prometheus
+    from lab.metrics.exposition import to_prometheus
     from lab.metrics.recorder import check_interval
 
     check_interval(interval)

@@ -109,11 +109,11 @@ def explain_cmd(
 
 
 def _topology(path: Path | None, overrides: list[str], name: str | None):
-    from lab import lifecycle
     from lab.errors import InputError, LabStateError
+    from lab.spec import load_topology
 
     if path is not None:
-        return lifecycle.load_topology(path, overrides), 1.0
+        return load_topology(path, overrides), 1.0
     if overrides:
         raise InputError("--set needs -t FILE (a running lab's topology is fixed)")
     try:
@@ -125,7 +125,7 @@ def _topology(path: Path | None, overrides: list[str], name: str | None):
     default = Path("topologies/default.yaml")
     if not default.exists():
         default = Path(__file__).resolve().parents[3] / "topologies" / "default.yaml"
-    return lifecycle.load_topology(default, []), 1.0
+    return load_topology(default, []), 1.0
 
 
 @command(
