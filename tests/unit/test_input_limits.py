@@ -233,7 +233,8 @@ def test_the_lab_name_rule_is_the_topologys_name_rule(tmp_path):
 def test_bad_scenario_values_are_one_line_with_the_range(tmp_path, old, new, message):
     path, line = changed(tmp_path, BASELINE, old, new, "s.yaml")
     assert single_error(run("scenario", "validate", str(path))) == f"Error: {path}:{line}: {message}"
-    assert single_error(run("scenario", "validate", "--json", str(path))) == f"Error: {path}:{line}: {message}"
+    as_json = run("scenario", "validate", "--json", str(path))  # under --json the error is a JSON object
+    assert as_json.exit_code == 1 and json.loads(as_json.output) == {"error": f"{path}:{line}: {message}"}
 
 
 def test_a_scenario_longer_than_a_day_is_refused(tmp_path):
