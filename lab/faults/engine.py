@@ -19,7 +19,7 @@ from typing import Any
 
 from lab.errors import InputError, LabError, LabStateError
 from lab.faults.kinds import KINDS, get_kind
-from lab.faults.model import APPLYING, INJECTED, NOT_INJECTED, FaultRecord, Step, parse_params, show_params
+from lab.faults.model import APPLYING, INJECTED, NOT_INJECTED, FaultRecord, Step, param_docs, parse_params, show_params
 from lab.faults.ops import OPS, find_helpers, run_quietly, stop_pids
 from lab.faults.store import FaultStore
 from lab.hosts import process_cmdline
@@ -35,9 +35,10 @@ def list_kinds() -> list[dict[str, Any]]:
     out = []
     for kind in KINDS.values():
         params = []
-        for name, field in kind.params.model_fields.items():
+        for doc in param_docs(kind.params):
+            field = kind.params.model_fields[doc["name"]]
             default = field.get_default(call_default_factory=True)
-            params.append({"name": name, "default": default, "help": field.description or ""})
+            params.append({**doc, "default": default, "default_text": doc["default"]})
         out.append(
             {
                 "kind": kind.name,

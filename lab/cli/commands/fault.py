@@ -43,8 +43,9 @@ def list_cmd(json_out: bool = JsonOpt) -> None:
     for k in kinds:
         console().print(f"[bold]{k['kind']}[/]: {k['summary']}  (--target: {k['target']})")
         for p in k["params"]:
-            default = "" if p["default"] in (None, [], "") else f" (default {p['default']})"
-            console().print(f"    {p['name']}: {p['help']}{default}", markup=False)
+            allowed = f"; {p['form']} {p['allowed']}".rstrip()
+            default = f" (default {p['default_text']})" if p["default_text"] else ""
+            console().print(f"    {p['name']}: {p['help']}{allowed}{default}", markup=False)
         console().print(f"    e.g. {k['example']}")
 
 
