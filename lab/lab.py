@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -59,9 +60,24 @@ class Lab(LabSpec):
         )
 
 
+LAB_NAME_ENV = "LAB_NAME"
+DEFAULT_LAB_NAME = "default"
+
+
+def env_lab_name() -> str | None:
+    """$LAB_NAME, checked, or None when it is unset or empty."""
+    name = os.environ.get(LAB_NAME_ENV, "").strip()
+    if not name:
+        return None
+    try:
+        return check_lab_name(name)
+    except InputError as exc:
+        raise InputError(f"${LAB_NAME_ENV}: {exc}") from None
+
+
 def default_lab_name() -> str:
-    """The one lab that is up, else 'default'. Commands take --name to choose."""
-    up = [s.name for s in all_labs() if (s.read_info() or {}).get("status") == "up"]
-    if len(up) == 1:
-        return up[0]
-    return "default"
+    """The lab a command acts on without --name: $LAB_NAME if set, else 'default'.
+
+    Never "the lab that is up": with a test suite's lab up, a bare `lab down` must not destroy it.
+    """
+    return env_lab_name() or DEFAULT_LAB_NAME

@@ -17,6 +17,15 @@ from lab.models.yamlio import load_model
 from lab.render.plan import NetworkPlan, build_plan
 from lab.state import LabState
 
+DEFAULT_TOPOLOGY = Path("topologies/default.yaml")
+
+
+def default_topology_path() -> Path:
+    """topologies/default.yaml: in the current directory if there, else the one beside this package."""
+    if DEFAULT_TOPOLOGY.exists():
+        return DEFAULT_TOPOLOGY
+    return Path(__file__).resolve().parents[1] / DEFAULT_TOPOLOGY
+
 
 def load_topology(path: Path, overrides: list[str] | None = None) -> Topology:
     """A topology file with `--set` overrides, validated, whose address plan can be built (capacity checked now,

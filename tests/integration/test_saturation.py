@@ -24,7 +24,7 @@ LAB = [sys.executable, "-m", "lab.cli.__main__"]
 def lab_load(lab: str, *args: str, record: str | None = None) -> dict:
     extra = ["--record", record, "--interval", "5"] if record else []
     proc = subprocess.run(
-        [*LAB, "load", "accounts", "-n", lab, *args, *extra, "--json", "-"],
+        [*LAB, "load", "accounts", "-n", lab, *args, *extra, "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("lab.lab",),  # the runtime handle: a LabSpec with its backend and hosts
     ("lab.rpc", "lab.load", "lab.faults", "lab.metrics"),  # work on any lab handle
     ("lab.lifecycle", "lab.doctor"),  # up, down, status, clean; what this machine can run
-    ("lab.teach", "lab.scenarios", "lab.incidents"),  # stories told from the above
+    ("lab.teach", "lab.scenarios", "lab.incidents", "lab.docsgen", "lab.tour"),  # stories told from the above
     ("lab.cli",),  # thin: parse, one library call, print
     ("lab",),  # the package itself (exactly: a new module must be placed above)
 ]

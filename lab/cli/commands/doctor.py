@@ -7,6 +7,7 @@ import sys
 import typer
 
 from lab.cli.app import command, print_json
+from lab.cli.options import JsonOpt
 
 
 @command(
@@ -17,13 +18,13 @@ from lab.cli.app import command, print_json
 def doctor_cmd(
     tests: bool = typer.Option(False, "--tests", help="Also require the programs only the test suite runs."),
     brief: bool = typer.Option(False, "--brief", help="Only what is wrong, and the verdict."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Check this machine for the lab: every program it runs (with the Debian package to install), root, and the
     kernel features (network namespaces, conntrack, sch_netem or the NFQUEUE fallback, the iptables backend),
     probed inside a throwaway network namespace that is deleted again. Exit 0: the lab can run; 1: it cannot.
     """
-    from lab.doctor import examine
+    from lab.doctor import examine  # imported at use for start-up speed
 
     report = examine(tests=tests)
     if json_out:
