@@ -69,9 +69,11 @@ def test_a_scenario_runs_and_reports(tmp_path):
     assert events.index("fault applied") < events.index("fault reverted")
     assert sum(1 for r in journal if r["type"] == "interval") >= 4
     assert sum(1 for r in journal if r["type"] == "verdict") == 3
-    # Whether the lab itself was the bottleneck, per run and for the scenario: this short healthy one is not.
+    # Whether the lab itself was the bottleneck, per run and per trial: this short healthy one is not.
     assert all("saturation" in r for r in journal if r["type"] == "interval")
-    assert entry["lab_limited"] is False and entry["runs"][0]["lab_limited"] is False, entry["limited_reasons"]
+    trial = entry["trials"][0]
+    assert trial["lab_limited"] is False and trial["runs"][0]["lab_limited"] is False, trial["limited_reasons"]
+    assert entry["trials_limited"] == 0
     assert namespaces() == before_ns and lab_states() == before_labs
 
 
