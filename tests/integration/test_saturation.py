@@ -1,4 +1,5 @@
-"""The lab knows when it is the bottleneck: a saturated run is flagged lab-limited, a modest baseline is not.
+"""The lab knows when it is the bottleneck: a run past the machine is flagged lab-limited, a modest baseline is
+not, and neither is a light load on a machine kept busy by others.
 
 Real labs, the real `lab load` CLI; the CPU hogs are busy loops started inside the lab's node namespaces
 for the run (checked there with `ip netns pids`) and always killed.
@@ -49,11 +50,11 @@ def test_a_modest_baseline_is_not_lab_limited(make_lab, tmp_path):
     assert s["send_lag_ms"]["count"] > 0 and s["faults"] == []
 
 
-def test_cpu_hogs_in_the_lab_flag_a_load_they_starve_but_not_a_light_one(make_lab, tmp_path):
-    """A busy machine alone is not a bottleneck: with busy loops on every core the kernel still runs the
-    lab's event loops as soon as they wake, and a light load stays unflagged (the hogs show in the section).
-    A load the machine could carry alone (1,500 connections/s, under this machine's ceiling) is starved by
-    the hogs and flagged."""
+def test_a_busy_machine_alone_does_not_flag_a_light_load(make_lab, tmp_path):
+    """Busy loops on every core make the machine 100% busy, yet the kernel runs the lab's event loops as soon
+    as they wake: a light load is not lab-limited, and the hogs show in its saturation sections. (Measured:
+    even 1,500 connections/s next to these hogs kept p50 1.3 ms and was not flagged; what flags a run is the
+    lab's own work outgrowing the machine, below.)"""
     lab = make_lab()
     nodes = [n.name for n in lab.topology.k8s_nodes]
     hogs: list[subprocess.Popen] = []
@@ -66,7 +67,6 @@ def test_cpu_hogs_in_the_lab_flag_a_load_they_starve_but_not_a_light_one(make_la
         ).stdout.split()
         assert {str(p.pid) for p in hogs[:: len(nodes)]} & set(found), "the busy loops run in the lab's node"
         light = lab_load(lab.name, "--rate", "50", "--duration", "15s", "-c", "per-request", record=str(run))
-        heavy = lab_load(lab.name, "--rate", "1500", "--duration", "12s", "-c", "per-request")
     finally:
         for p in hogs:
             with contextlib.suppress(ProcessLookupError):
@@ -76,8 +76,6 @@ def test_cpu_hogs_in_the_lab_flag_a_load_they_starve_but_not_a_light_one(make_la
     steady = sections[1]
     assert steady["cpu"]["busy"] >= 0.95 and steady["lab_cpu"]["nodes"] >= 1.0, steady
     assert light["lab_limited"] is False, light["limited_reasons"]
-    assert heavy["lab_limited"] is True, heavy["histograms_ms"]["latency"]
-    assert heavy["limited_reasons"]
 
 
 def test_a_rate_beyond_the_machine_is_flagged(make_lab):
