@@ -28,7 +28,7 @@ from lab.lab import Lab
 from lab.load import wire
 from lab.load.outcomes import OK, OUTCOMES
 from lab.load.schedule import Ramp
-from lab.load.stats import HISTOGRAMS, ClientSlice, decode_into, encode, new_histogram, summary
+from lab.load.stats import HISTOGRAMS, ClientSlice, Tally
 from lab.load.worker import WorkerSpec
 from lab.rpc import VIAS, resolve
 
@@ -141,6 +141,7 @@ class LoadResult:
         return self.total.outcomes.get(OK, 0) / self.requests if self.requests else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary: its size does not grow with the run's length (the per-second series is per_second())."""
         spec = asdict(self.spec)
         span = max(self.ended - self.started, 1e-9)
         return {
@@ -161,11 +162,15 @@ class LoadResult:
             "connections_opened": self.connections,
             "unfinished": self.unfinished,
             "not_sent": self.not_sent,
-            "histograms_ms": {name: summary(self.total.histogram(name)) for name in HISTOGRAMS},
+            "histograms_ms": {name: self.total.summary(name) for name in HISTOGRAMS},
             "hdr": dict(self.total.histograms),
-            "per_second": [s.to_dict() for s in self.slices],
+            "slices": len(self.slices),
             "errors": self.errors,
         }
+
+    def per_second(self) -> Iterator[dict[str, Any]]:
+        """One dict per slice (summaries computed when the slice completed: nothing is walked again here)."""
+        return (s.to_dict() for s in self.slices)
 
 
 def spec_total(spec: LoadSpec) -> int:
@@ -186,6 +191,7 @@ class LoadRun:
         self._procs: list = []
         self._lock = threading.Condition()
         self._slices: list[ClientSlice] = []
+        self._total = Tally()
         self._pending: dict[int, list[dict]] = {}
         self._shipped = [-1] * self.n_workers
         self._finals: dict[int, dict] = {}
@@ -363,18 +369,10 @@ class LoadRun:
             ready = sorted(i for i in self._pending if i <= upto or final)
             new = []
             for i in ready:
-                parts = self._pending.pop(i)
-                s = ClientSlice(self.grid_wall + i * self.slice_s, self.grid_wall + (i + 1) * self.slice_s)
-                hists = {name: new_histogram() for name in HISTOGRAMS}
-                for p in parts:
-                    for k, v in p["outcomes"].items():
-                        s.outcomes[k] = s.outcomes.get(k, 0) + v
-                    for k, v in p["details"].items():
-                        s.details[k] = s.details.get(k, 0) + v
-                    s.scheduled += p["scheduled"]
-                    for name in HISTOGRAMS:
-                        decode_into(hists[name], p["histograms"].get(name, ""))
-                s.histograms = {name: encode(h) for name, h in hists.items()}
+                parts = [ClientSlice.from_dict(p) for p in self._pending.pop(i)]
+                t_start = self.grid_wall + i * self.slice_s
+                s = ClientSlice.merged(parts, t_start, t_start + self.slice_s)
+                self._total.add(s)  # the run's total grows slice by slice: nothing is left to add at the end
                 self._slices.append(s)
                 new.append(s)
             if new:
@@ -433,17 +431,7 @@ class LoadRun:
         with self._lock:
             slices = list(self._slices)
             finals = dict(self._finals)
-        total = ClientSlice(self.t0_wall, self.ended or time.time())
-        hists = {name: new_histogram() for name in HISTOGRAMS}
-        for s in slices:
-            for k, v in s.outcomes.items():
-                total.outcomes[k] = total.outcomes.get(k, 0) + v
-            for k, v in s.details.items():
-                total.details[k] = total.details.get(k, 0) + v
-            total.scheduled += s.scheduled
-            for name in HISTOGRAMS:
-                decode_into(hists[name], s.histograms.get(name, ""))
-        total.histograms = {name: encode(h) for name, h in hists.items()}
+            total = self._total.slice(self.t0_wall, self.ended or time.time())
         return LoadResult(
             spec=self.spec,
             source=self.source,

@@ -202,16 +202,15 @@ class Recorder:
             clients = list(self.clients)
         if clients:
             time.sleep(CLIENT_GRACE_S)
-            merged = ClientSlice(self._t_prev, t)
+            taken = []
             for c in clients:
-                taken = c.take_client(float("inf") if final else t)  # the last interval takes the rest
-                if taken is not None:
-                    merged.merge(taken)
+                part = c.take_client(float("inf") if final else t)  # the last interval takes the rest
+                if part is not None:
+                    taken.append(part)
                 elif c.drained:
                     with self._write_lock:
                         self.clients.remove(c)  # finished and fully taken
-            merged.t_start, merged.t_end = self._t_prev, t
-            client = merged.to_dict()
+            client = ClientSlice.merged(taken, self._t_prev, t).to_dict()
         record = {
             "type": "interval",
             "seq": self._seq,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ from rich.table import Table
 from lab.cli.app import command, console, err_console, print_json
 from lab.errors import InputError
 from lab.lab import Lab, default_lab_name
-from lab.load import OUTCOMES, ClientSlice, LoadResult, LoadRun, LoadSpec
+from lab.load import OUTCOMES, ClientSlice, LoadRun, LoadSpec
 from lab.models.common import parse_duration
 
 EXAMPLES = (
@@ -33,11 +31,6 @@ def _seconds(text: str, what: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise InputError(f"{what}: {exc}") from None
-
-
-def live_file(lab: Lab) -> Path:
-    """Where a running `lab load` publishes its per-second slices for `lab top` (one file per process)."""
-    return lab.state.path("run", f"load-{os.getpid()}.jsonl")
 
 
 def _slice_line(s: ClientSlice) -> str:
@@ -113,6 +106,9 @@ def load_cmd(
     name: str = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up)."),
 ) -> None:
     """Send open-loop Thrift load through the lab and report outcomes and latency (HDR histograms)."""
+    from lab.metrics.recorder import check_interval
+    from lab.metrics.session import run_session
+
     spec = LoadSpec(
         service=service,
         rate=rate,
@@ -131,78 +127,37 @@ def load_cmd(
     )
     spec.validate()  # bad numbers fail before the lab is even looked at
     if record is not None:
-        from lab.metrics.recorder import check_interval
-
         check_interval(interval)
-    lab = Lab.load(name or default_lab_name())
-    run = LoadRun(lab, spec)
-    recorder = None
-    if record is not None:
-        from lab.metrics import Recorder
-
-        recorder = Recorder(lab, record, interval=interval, client=run, note=f"lab load {service}")
     quiet = json_file == "-"
-    live_path = live_file(lab)
-    live_path.write_text("")
-
-    def publish(s: ClientSlice) -> None:
-        with open(live_path, "a") as f:
-            f.write(json.dumps(s.to_dict()) + "\n")
-
-    run.on_slice(publish)
-    result: LoadResult | None = None
-    interrupted = False
-    try:
-        if recorder is not None:
-            recorder.start()
-        run.start()
-        if recorder is not None:
-            recorder.event("load started", service=service, rate=rate, rate_end=rate_end, connections=connections)
-        result = _follow(run, spec, quiet)
-    except KeyboardInterrupt:
-        interrupted = True
-        result = run.stop(abort=True)
-    finally:
-        run.close()
-        with contextlib.suppress(OSError):
-            live_path.unlink()
-        if recorder is not None:
-            with contextlib.suppress(Exception):
-                recorder.event("load ended", interrupted=interrupted)
-            recorder.stop()
-    data = result.to_dict()
-    if json_file == "-":
+    output = Path(json_file) if json_file and not quiet else None
+    lab = Lab.load(name or default_lab_name())
+    session = run_session(lab, spec, output, record, interval, follow=None if quiet else _follow, flag="--json")
+    data = session.to_dict()
+    if quiet:
         print_json(data)
     else:
-        if json_file:
-            try:
-                Path(json_file).write_text(json.dumps(data, indent=2) + "\n")
-            except OSError as exc:
-                raise InputError(f"--json {json_file}: {exc.strerror}") from None
         print_result(data)
-        if json_file:
-            console.print(f"JSON result: {json_file}")
+        if session.summary_file:
+            console.print(f"JSON result: {session.summary_file} (per second: {session.per_second_file})")
         if record is not None:
             console.print(f"recorded: {record} (plot it: lab plot {record} -o run.png)")
-    if interrupted:
+    if session.interrupted:
         print("Interrupted: partial result above; every load worker has exited.", file=sys.stderr, flush=True)
         raise typer.Exit(130)
 
 
-def _follow(run: LoadRun, spec: LoadSpec, quiet: bool) -> LoadResult:
+def _follow(run: LoadRun) -> None:
     """Show progress while the run goes: a live line on a terminal, a line every 5 s otherwise."""
+    spec = run.spec
     started = time.monotonic()
-    if quiet:
-        return run.wait()
     if err_console.is_terminal:
         with Live(console=err_console, refresh_per_second=4, transient=True) as live:
             for s in run.slices():
                 left = max(0.0, spec.duration - (time.monotonic() - started))
                 live.update(f"[bold]lab load[/] {spec.service}: {_slice_line(s)}  ({left:.0f}s left)")
-        return run.wait()
+        return
     last = 0.0
     for s in run.slices():
         if time.monotonic() - last >= 5:
             last = time.monotonic()
             print(f"lab load {spec.service}: {_slice_line(s)}", file=sys.stderr, flush=True)
-    return run.wait()
