@@ -59,7 +59,10 @@ def test_steady_load_through_the_elb_is_ok_and_counted_by_haproxy(make_lab, tmp_
         assert h["count"] == 3000
         assert 0 < h["p50_ms"] <= h["p90_ms"] <= h["p99_ms"] <= h["p99.9_ms"] <= h["max_ms"]
         assert data["hdr"][name]  # the full HDR histogram, encoded, for later merging
-    assert len(data["per_second"]) >= 10
+    # The per-second series streams to JSON Lines beside the summary, one line per slice.
+    lines = (tmp_path / data["per_second_file"]).read_text().splitlines()
+    assert len(lines) == data["slices"] >= 10
+    assert sum(json.loads(line)["requests"] for line in lines) == 3000
     assert "p99.9" in res.output and "outcomes: ok 3000" in res.output.replace("  ", " ")
 
 
