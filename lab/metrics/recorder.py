@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -239,6 +240,31 @@ class Recorder:
             except Exception as exc:  # one bad sample (a tool timed out): the next interval covers both
                 self.event("sampling failed", error=f"{type(exc).__name__}: {exc}")
             k = max(k + 1, int((time.time() - self._grid) / self.interval) + 1)  # skip, never pile up
+
+
+def watch(
+    lab: Lab, interval: float, path: Path | str | None = None, nodes: bool = True, note: str = ""
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Record every `interval` and yield (header, interval record) as each one is written, for as long as the
+    caller iterates; closing the iterator stops the recorder (no partial last interval: the caller left).
+    Raises InputError when no interval arrives within a minute of when it was due (the lab went away)."""
+    rec = Recorder(lab, path, interval=interval, nodes=nodes, note=note)
+    got: queue.Queue = queue.Queue()
+    rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
+    rec.start()
+    try:
+        while True:
+            deadline = time.monotonic() + interval + 60
+            while True:
+                try:
+                    record = got.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        raise InputError("no interval was recorded; is the lab still up? (lab status)") from None
+            yield rec.header, record
+    finally:
+        rec.stop(final_interval=False)
 
 
 def read_series(path: Path | str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:

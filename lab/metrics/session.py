@@ -102,12 +102,11 @@ def run_session(
     series = open(series_path, "w") if series_path is not None else None  # noqa: SIM115  (closed below)
 
     def on_slice(s: ClientSlice) -> None:
-        line = json.dumps(s.to_dict(), **COMPACT)
         tmp = live.with_suffix(".tmp")
-        tmp.write_text(line)
-        tmp.replace(live)  # `lab top` reads a whole slice or the previous one, never half a line
+        tmp.write_text(json.dumps(s.to_dict(with_histograms=True), **COMPACT))  # histograms: `lab top` merges
+        tmp.replace(live)  # `lab top` reads a whole slice or the previous one, never half of one
         if series is not None:
-            series.write(line + "\n")
+            series.write(json.dumps(s.to_dict(), **COMPACT) + "\n")
             series.flush()
 
     run.on_slice(on_slice)
@@ -117,7 +116,13 @@ def run_session(
             recorder.start()
         run.start()
         if recorder is not None:
-            recorder.event("load started", service=spec.service, rate=spec.rate, rate_end=spec.rate_end)
+            recorder.event(
+                "load started",
+                service=spec.service,
+                rate=spec.rate,
+                rate_end=spec.rate_end,
+                connections=spec.connections,
+            )
         if follow is not None:
             follow(run)
         result = run.wait()

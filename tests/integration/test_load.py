@@ -162,4 +162,4 @@ def test_ctrl_c_prints_the_partial_result_and_leaves_nothing_running(make_lab):
     assert "(interrupted: partial result)" in out
     assert "every load worker has exited" in err and "Traceback" not in err
     assert pids_in_netns([client.netns])[client.netns] == []  # no worker left in the client's namespace
-    assert list(lab.state.path("run").glob("load-*.jsonl")) == []
+    assert list(lab.state.path("run").glob("load-*.json*")) == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich.table import Table
 from lab.cli.app import command, console, err_console, print_json
 from lab.errors import InputError
 from lab.lab import Lab, default_lab_name
+from lab.metrics.node import NODE_TCP
 
 NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up).")
 
@@ -80,16 +80,7 @@ NODE_ROWS = [
         (k, (lambda key: lambda v: str(v["conntrack_stats"][key]))(k))
         for k in ("insert_failed", "drop", "early_drop", "invalid")
     ],
-    *[
-        (k, (lambda key: lambda v: str(v["tcp"][key]))(k))
-        for k in (
-            "TcpExtTCPSynRetrans",
-            "TcpExtListenOverflows",
-            "TcpExtListenDrops",
-            "TcpAttemptFails",
-            "TcpEstabResets",
-        )
-    ],
+    *[(k, (lambda key: lambda v: str(v["tcp"].get(key, "-")))(k)) for k in NODE_TCP],
     (
         "KUBE-SVC/SVL packets",
         lambda v: str(sum(n for k, n in v["kube_chains"].items() if "/KUBE-SVC-" in k or "/KUBE-SVL-" in k)),
@@ -147,12 +138,6 @@ def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str
     return Group(*[p for p in parts if p is not None])
 
 
-def _recorder(lab: Lab, interval: float, record: Path | None, nodes: bool):
-    from lab.metrics import Recorder
-
-    return Recorder(lab, record, interval=interval, nodes=nodes, note="lab metrics")
-
-
 @command(
     "metrics",
     epilog="Examples:\n\n  lab metrics --interval 10\n\n  lab metrics -i 5 --watch --record idle.jsonl\n\n"
@@ -168,75 +153,31 @@ def metrics_cmd(
     name: str = NameOpt,
 ) -> None:
     """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics."""
-    from lab.metrics import to_prometheus
-    from lab.metrics.recorder import check_interval
+    from lab.metrics import recorder, to_prometheus
 
-    check_interval(interval)
+    recorder.check_interval(interval)
     lab = Lab.load(name or default_lab_name())
-    rec = _recorder(lab, interval, record, nodes)
-    got: queue.Queue = queue.Queue()
-    rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
-    rec.start()
-    try:
+    spinner = not json_out and not prometheus and err_console.is_terminal
+    with contextlib.closing(recorder.watch(lab, interval, record, nodes, note="lab metrics")) as intervals:
         while True:
-            if not json_out and not prometheus and err_console.is_terminal:
-                with err_console.status(f"measuring one {interval:g}s interval (Ctrl-C to stop)"):
-                    r = _next(got, interval)
-            else:
-                r = _next(got, interval)
+            with (
+                err_console.status(f"measuring one {interval:g}s interval (Ctrl-C to stop)")
+                if spinner
+                else contextlib.nullcontext()
+            ):
+                header, r = next(intervals)
             if json_out and watch:  # one compact line per interval: JSON Lines for a pipe
                 sys.stdout.write(json.dumps(r, separators=(",", ":")) + "\n")
                 sys.stdout.flush()
             elif json_out:
                 print_json(r)
             elif prometheus:
-                sys.stdout.write(to_prometheus(rec.header, r))
+                sys.stdout.write(to_prometheus(header, r))
                 sys.stdout.flush()
             else:
-                console.print(record_view(r, rec.header))
+                console.print(record_view(r, header))
             if not watch:
                 break
-    finally:
-        rec.stop(final_interval=False)
-
-
-def _next(got: queue.Queue, interval: float) -> dict[str, Any]:
-    deadline = time.monotonic() + interval + 60
-    while True:
-        try:
-            return got.get(timeout=0.5)
-        except queue.Empty:
-            if time.monotonic() > deadline:
-                raise InputError("no interval was recorded; is the lab still up? (lab status)") from None
-
-
-def _live_clients(lab: Lab) -> dict[str, Any] | None:
-    """The latest per-second slice of each `lab load` running on this lab, merged (what `lab top` shows)."""
-    latest = []
-    for path in lab.state.path("run").glob("load-*.jsonl"):
-        pid = path.stem.split("-", 1)[1]
-        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            lines = path.read_text().splitlines()
-            if lines:
-                latest.append(json.loads(lines[-1]))
-    if not latest:
-        return None
-    out = dict(latest[0])
-    if len(latest) > 1:
-        out = {
-            "requests": 0,
-            "rate": 0.0,
-            "outcomes": {},
-            "latency": max((c["latency"] for c in latest), key=lambda x: x.get("p99_ms", 0)),
-        }
-        for c in latest:
-            out["requests"] += c["requests"]
-            out["rate"] += c["rate"]
-            for k, v in c["outcomes"].items():
-                out["outcomes"][k] = out["outcomes"].get(k, 0) + v
-    return out
 
 
 @command(
@@ -250,27 +191,24 @@ def top_cmd(
     name: str = NameOpt,
 ) -> None:
     """A live view: ELB metrics per ELB node and AZ, node conntrack fill, and the client outcomes of running loads."""
-    from lab.metrics.recorder import check_interval
+    from lab.metrics import recorder
+    from lab.metrics.session import live_clients
 
-    check_interval(interval)
+    recorder.check_interval(interval)
     lab = Lab.load(name or default_lab_name())
-    rec = _recorder(lab, interval, None, True)
-    got: queue.Queue = queue.Queue()
-    rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
-    rec.start()
     shown = 0
-    try:
-        with Live(console=console, refresh_per_second=2, screen=console.is_terminal and count == 0) as live:
-            live.update(f"lab top {lab.name}: first interval in {interval:g}s (Ctrl-C to quit)")
-            while count == 0 or shown < count:
-                r = _next(got, interval)
-                title = f"lab top {lab.name} ({time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C to quit)"
-                live.update(Group(title, record_view(r, rec.header, _live_clients(lab))))
-                shown += 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        rec.stop(final_interval=False)
+    with (
+        contextlib.closing(recorder.watch(lab, interval, None, True, note="lab top")) as intervals,
+        Live(console=console, refresh_per_second=2, screen=console.is_terminal and count == 0) as live,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        live.update(f"lab top {lab.name}: first interval in {interval:g}s (Ctrl-C to quit)")
+        for header, r in intervals:
+            title = f"lab top {lab.name} ({time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C to quit)"
+            live.update(Group(title, record_view(r, header, live_clients(lab))))
+            shown += 1
+            if count and shown >= count:
+                break
 
 
 @command(
