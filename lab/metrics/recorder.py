@@ -92,6 +92,7 @@ class Recorder:
         nodes: bool = True,
         client: ClientSource | None = None,
         note: str = "",
+        keep: bool = True,
     ):
         self.lab = lab
         self.path = Path(path) if path else None
@@ -99,6 +100,8 @@ class Recorder:
         self.with_nodes = nodes
         self.clients: list[ClientSource] = [client] if client is not None else []
         self.note = note
+        self.keep = keep  # every interval record in `records` (a scenario's evaluation reads them); off for
+        # an open-ended watch, whose memory must not grow with time
         self.elb = ElbSampler(lab)
         self.node_hosts = [lab.host(n.name) for n in lab.topology.k8s_nodes] if nodes else []
         self.series = ErrorSeries()
@@ -175,7 +178,7 @@ class Recorder:
             if self._file:
                 self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
                 self._file.flush()
-            if record.get("type") == "interval":
+            if record.get("type") == "interval" and self.keep:
                 self.records.append(record)
         for fn in list(self._listeners):
             with contextlib.suppress(Exception):
@@ -248,7 +251,7 @@ def watch(
     """Record every `interval` and yield (header, interval record) as each one is written, for as long as the
     caller iterates; closing the iterator stops the recorder (no partial last interval: the caller left).
     Raises InputError when no interval arrives within a minute of when it was due (the lab went away)."""
-    rec = Recorder(lab, path, interval=interval, nodes=nodes, note=note)
+    rec = Recorder(lab, path, interval=interval, nodes=nodes, note=note, keep=False)
     got: queue.Queue = queue.Queue()
     rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
     rec.start()

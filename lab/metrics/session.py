@@ -95,8 +95,13 @@ def run_session(
         check_output(record, "--record")
     if output is not None:
         check_output(output, flag)
-    run = LoadRun(lab, spec)
-    recorder = Recorder(lab, record, interval=interval, client=run, note=f"lab load {spec.service}") if record else None
+    # Slices stream to files: memory keeps the last 10 minutes (and an interval's worth for the recorder).
+    run = LoadRun(lab, spec, history=600 + int(interval if record else 0))
+    recorder = (
+        Recorder(lab, record, interval=interval, client=run, note=f"lab load {spec.service}", keep=False)
+        if record
+        else None
+    )
     live = live_path(lab)
     series_path = per_second_path(output) if output is not None else None
     series = open(series_path, "w") if series_path is not None else None  # noqa: SIM115  (closed below)

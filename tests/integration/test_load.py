@@ -95,6 +95,23 @@ def test_ramp_and_slices_stream(make_lab):
     assert sum(s.requests for s in slices) == 800
 
 
+def test_a_run_with_history_keeps_few_slices_and_readers_still_see_every_one(make_lab):
+    """A long run's memory: with history=2 only the last slices stay, yet slices() and take_client get them all."""
+    lab = make_lab()
+    run = LoadRun(lab, LoadSpec(service="accounts", rate=100, duration=7, via="node"), history=2)
+    run.start()
+    seen = list(run.slices())
+    result = run.wait()
+    kept = run.snapshot()
+    assert sum(s.requests for s in seen) == result.requests == 700
+    assert len(kept) <= 4 < len(seen)
+    assert result.to_dict()["slices"] == len(seen)
+    assert not run.drained
+    # A reader that fell behind gets what is still kept (the dropped seconds are in the total and the files).
+    assert run.take_client(float("inf")).requests == sum(s.requests for s in kept)
+    assert run.drained
+
+
 def test_outcome_classes(make_lab):
     """connect-refused (pod down), read-timeout (slow RPC), reset (the ELB gives up on a dropped instance)."""
     lab = make_lab(time_scale=0.1)
