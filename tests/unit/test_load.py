@@ -21,7 +21,7 @@ from lab.load.generator import LoadSpec
 from lab.load.schedule import Ramp
 from lab.load.stats import PERCENTILES, ClientSlice, Tally, encode, new_histogram, record, summary
 from lab.load.worker import Engine, WorkerSpec
-from tests.conftest import GOLDEN
+from tests.conftest import REPO
 
 
 def test_constant_rate_schedule():
@@ -106,7 +106,7 @@ def hdrh_summary(h: HdrHistogram) -> dict:
 def recorded_run() -> tuple[list[ClientSlice], dict]:
     """A real 12 s run (per-request, 300/s through the ELB): its slices with their encoded histograms, and
     what the code before incremental summaries printed for them (per_second, histograms_ms, hdr)."""
-    data = json.loads((GOLDEN / "load" / "run-12s-per-request.json").read_text())
+    data = json.loads((REPO / "tests" / "fixtures" / "load" / "run-12s-per-request.json").read_text())
     return [ClientSlice.from_dict(d) for d in data["slices"]], data["expected"]
 
 

@@ -18,7 +18,7 @@ from lab.cli.app import app
 from lab.cli.commands import metrics as _metrics  # noqa: F401  registers the commands
 from lab.errors import InputError
 from lab.metrics import accounting, elb, exposition, node, plot, recorder, session
-from tests.conftest import GOLDEN
+from tests.conftest import REPO
 
 # elb-a1 after two requests through it while node-a1's NodePort was dropped (4 attempts each: 1 + 3 retries),
 # one failed health check (UP 5/6) and one good one.
@@ -309,7 +309,7 @@ def test_help_has_an_example(cmd):
 def recorded_slices():
     from lab.load.stats import ClientSlice
 
-    data = json.loads((GOLDEN / "load" / "run-12s-per-request.json").read_text())
+    data = json.loads((REPO / "tests" / "fixtures" / "load" / "run-12s-per-request.json").read_text())
     return [ClientSlice.from_dict(d) for d in data["slices"]]
 
 
