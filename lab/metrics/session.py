@@ -95,8 +95,9 @@ def run_session(
         check_output(record, "--record")
     if output is not None:
         check_output(output, flag)
-    # Slices stream to files: memory keeps the last 10 minutes (and an interval's worth for the recorder).
-    run = LoadRun(lab, spec, history=600 + int(interval if record else 0))
+    # Slices stream to files: memory keeps a minute's worth for the progress view (and an interval's for
+    # the recorder, which takes them once per interval).
+    run = LoadRun(lab, spec, history=60 + int(interval if record else 0))
     recorder = (
         Recorder(lab, record, interval=interval, client=run, note=f"lab load {spec.service}", keep=False)
         if record
