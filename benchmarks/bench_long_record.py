@@ -44,8 +44,11 @@ LAB = [sys.executable, "-m", "lab.cli"]
 def record_real(lab: Lab, minutes: float, out: Path) -> tuple[Path, list[ClientSlice], LoadResult]:
     spec = LoadSpec(service="accounts", rate=300, duration=minutes * 60, connections="per-request")
     rec = out / "real.jsonl"
-    session = run_session(lab, spec, output=out / "real.json", record=rec, interval=1.0)
-    return rec, session.result.slices, session.result
+    slices: list[ClientSlice] = []  # every slice, histograms included (the run keeps only the last minute)
+    session = run_session(
+        lab, spec, output=out / "real.json", record=rec, interval=1.0, follow=lambda run: slices.extend(run.slices())
+    )
+    return rec, slices, session.result
 
 
 def old_summary_seconds(slices: list[ClientSlice], total_slices: int) -> float:
