@@ -1,4 +1,7 @@
-"""`lab load`: open-loop Thrift load through the lab, with live progress and a JSON result."""
+"""`lab load`: open-loop Thrift load through the lab, with live progress and a JSON result.
+
+The library is imported inside each function (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +9,25 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.live import Live
-from rich.table import Table
 
-from lab.cli.app import command, console, err_console, print_json
-from lab.errors import InputError
-from lab.lab import Lab, default_lab_name
-from lab.load import OUTCOMES, ClientSlice, LoadRun, LoadSpec
-from lab.models.common import parse_duration
+from lab.cli.app import command, err_console, print_json
+from lab.cli.app import console as _console
+from lab.cli.options import JsonOpt, NameOpt, OutputOpt, duration_option, lab_name, seconds
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from lab.load import ClientSlice, LoadRun
 
 EXAMPLES = (
     "Examples:\n\n  lab load accounts --rate 500 --duration 30s\n\n"
-    "  lab load accounts --rate 200 --duration 60 --connections per-request --json result.json\n\n"
-    "  lab load catalog --rate 100 --rate-end 2000 --duration 2m --record run.jsonl --interval 5\n\n"
-    "  lab load accounts --rate 1000 --duration 10 --via pod --target accounts-0"
+    "  lab load accounts --rate 200 --duration 60 --connections per-request --json --output result.json\n\n"
+    "  lab load catalog --rate 100 --rate-end 2000 --duration 2m --record run.jsonl --interval 5s\n\n"
+    "  lab load accounts --rate 1000 --duration 10 --via pod --target accounts-0 --timeout 500ms"
 )
-
-
-def _seconds(text: str, what: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise InputError(f"{what}: {exc}") from None
 
 
 def _slice_line(s: ClientSlice) -> str:
@@ -45,6 +42,8 @@ def _slice_line(s: ClientSlice) -> str:
 
 
 def result_table(d: dict[str, Any]) -> Table:
+    from rich.table import Table  # imported at use for start-up speed
+
     spec = d["spec"]
     table = Table(
         title=f"lab load {spec['service']} via {spec['via']} ({spec['connections']}): {d['requests']} requests in "
@@ -68,6 +67,9 @@ def result_table(d: dict[str, Any]) -> Table:
 
 
 def print_result(d: dict[str, Any]) -> None:
+    from lab.load import OUTCOMES  # imported at use for start-up speed
+
+    console = _console()
     console.print(result_table(d))
     outcomes = "  ".join(f"{k} {d['outcomes'][k]}" for k in OUTCOMES)
     console.print(f"outcomes: {outcomes}")
@@ -88,36 +90,38 @@ def print_result(d: dict[str, Any]) -> None:
 def load_cmd(
     service: str = typer.Argument(..., help="Service to call, e.g. accounts."),
     rate: float = typer.Option(..., "--rate", "-r", help="Requests per second (open loop)."),
-    duration: str = typer.Option(..., "--duration", "-d", help="How long: 30, 30s, 2m."),
+    duration: str = duration_option(..., "How long", "--duration", "-d"),
     rate_end: float = typer.Option(None, "--rate-end", help="Ramp linearly from --rate to this rate."),
     connections: str = typer.Option("pooled", "--connections", "-c", help="pooled (reused) or per-request."),
     pool: int = typer.Option(16, "--pool", help="Pooled connections in total."),
-    connect_timeout: float = typer.Option(1000, "--connect-timeout", help="Connect timeout, ms."),
-    timeout: float = typer.Option(2000, "--timeout", help="RPC timeout once connected, ms."),
+    connect_timeout: str = duration_option("1s", "Connect timeout", "--connect-timeout"),
+    timeout: str = duration_option("2s", "RPC timeout once connected", "--timeout"),
     method: str = typer.Option("ping", "--method", "-m", help="ping | echo | work."),
     payload: int = typer.Option(0, "--payload", help="echo: payload bytes; work: milliseconds of work."),
     via: str = typer.Option("elb", "--via", help="elb (default), node (NodePorts) or pod."),
     target: str = typer.Option(None, "--target", help="Only this ELB node / node / pod (default: all, round robin)."),
     source: str = typer.Option(None, "--from", help="Host to send from (default: the client tier; pods: their node)."),
     workers: int = typer.Option(None, "--workers", help="Worker processes (default: one per 3,000 req/s)."),
-    json_file: str = typer.Option(None, "--json", help="Write the JSON result to FILE ('-': stdout)."),
+    json_out: bool = JsonOpt,
+    output: Path = OutputOpt,
     record: Path = typer.Option(None, "--record", help="Also record ELB, node and client metrics to RUN.jsonl."),
-    interval: float = typer.Option(60.0, "--interval", "-i", help="Recording interval, seconds (>= 1)."),
-    name: str = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up)."),
+    interval: str = duration_option("60s", "Recording interval (>= 1s)", "--interval", "-i"),
+    name: str = NameOpt,
 ) -> None:
     """Send open-loop Thrift load through the lab and report outcomes and latency (HDR histograms)."""
-    from lab.metrics.recorder import check_interval
+    from lab.lab import Lab  # imported at use for start-up speed
+    from lab.load import LoadSpec
     from lab.metrics.session import run_session
 
     spec = LoadSpec(
         service=service,
         rate=rate,
-        duration=_seconds(duration, "--duration"),
+        duration=seconds(duration, "--duration"),
         rate_end=rate_end,
         connections=connections,
         pool=pool,
-        connect_timeout=connect_timeout / 1000,
-        timeout=timeout / 1000,
+        connect_timeout=seconds(connect_timeout, "--connect-timeout"),
+        timeout=seconds(timeout, "--timeout"),
         method=method,
         payload=payload,
         via=via,
@@ -126,21 +130,22 @@ def load_cmd(
         workers=workers,
     )
     spec.validate()  # bad numbers fail before the lab is even looked at
+    interval_s = seconds(interval, "--interval")
     if record is not None:
-        check_interval(interval)
-    quiet = json_file == "-"
-    output = Path(json_file) if json_file and not quiet else None
-    lab = Lab.load(name or default_lab_name())
-    session = run_session(lab, spec, output, record, interval, follow=None if quiet else _follow, flag="--json")
+        from lab.metrics.recorder import check_interval
+
+        check_interval(interval_s)
+    lab = Lab.load(lab_name(name))
+    session = run_session(lab, spec, output, record, interval_s, follow=None if json_out else _follow)
     data = session.to_dict()
-    if quiet:
+    if json_out:
         print_json(data)
     else:
         print_result(data)
-        if session.summary_file:
-            console.print(f"JSON result: {session.summary_file} (per second: {session.per_second_file})")
+        if session.summary_file is not None:
+            _console().print(f"JSON result: {session.summary_file} (per second: {session.per_second_file})")
         if record is not None:
-            console.print(f"recorded: {record} (plot it: lab plot {record} -o run.png)")
+            _console().print(f"recorded: {record} (plot it: lab plot {record} -o run.png)")
     if session.interrupted:
         print("Interrupted: partial result above; every load worker has exited.", file=sys.stderr, flush=True)
         raise typer.Exit(130)
@@ -150,8 +155,10 @@ def _follow(run: LoadRun) -> None:
     """Show progress while the run goes: a live line on a terminal, a line every 5 s otherwise."""
     spec = run.spec
     started = time.monotonic()
-    if err_console.is_terminal:
-        with Live(console=err_console, refresh_per_second=4, transient=True) as live:
+    if sys.stderr.isatty() and err_console().is_terminal:
+        from rich.live import Live  # imported at use for start-up speed
+
+        with Live(console=err_console(), refresh_per_second=4, transient=True) as live:
             for s in run.slices():
                 left = max(0.0, spec.duration - (time.monotonic() - started))
                 live.update(f"[bold]lab load[/] {spec.service}: {_slice_line(s)}  ({left:.0f}s left)")

@@ -1,4 +1,7 @@
-"""`lab metrics`, `lab top`, `lab plot`: the ELB's CloudWatch metrics, node counters and client outcomes."""
+"""`lab metrics`, `lab top`, `lab plot`: the ELB's CloudWatch metrics, node counters and client outcomes.
+
+The library is imported inside each function (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Group
-from rich.live import Live
-from rich.table import Table
 
-from lab.cli.app import command, console, err_console, print_json
+from lab.cli.app import command, err_console, print_json
+from lab.cli.app import console as _console
+from lab.cli.options import JsonOpt, NameOpt, duration_option, lab_name, output_option, seconds
 from lab.errors import InputError
-from lab.lab import Lab, default_lab_name
-from lab.metrics.node import NODE_TCP
 
-NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up).")
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -32,6 +34,8 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def elb_table(record: dict[str, Any], header: dict[str, Any]) -> Table:
     """One row per CloudWatch metric, one column per ELB node (and per AZ when an AZ has several), then all."""
+    from rich.table import Table  # imported at use for start-up speed
+
     m = record["elb"]["metrics"]
     span = record["t_end"] - record["t_start"]
     azs = {e["name"]: e["az"] for e in header["elb_nodes"]}
@@ -57,6 +61,8 @@ def elb_table(record: dict[str, Any], header: dict[str, Any]) -> Table:
 
 
 def errors_line(record: dict[str, Any]) -> Table | str:
+    from rich.table import Table  # imported at use for start-up speed
+
     bce = record["elb"]["backend_connection_errors"]
     title = (
         f"BackendConnectionErrors: {bce['health_check']} health check, {bce['traffic']} traffic "
@@ -73,22 +79,28 @@ def errors_line(record: dict[str, Any]) -> Table | str:
     return table
 
 
-NODE_ROWS = [
-    ("conntrack entries", lambda v: f"{v['conntrack']['count']}/{v['conntrack']['max']}"),
-    ("conntrack fill %", lambda v: f"{v['conntrack']['fill'] * 100:.2f}"),
-    *[
-        (k, (lambda key: lambda v: str(v["conntrack_stats"][key]))(k))
-        for k in ("insert_failed", "drop", "early_drop", "invalid")
-    ],
-    *[(k, (lambda key: lambda v: str(v["tcp"].get(key, "-")))(k)) for k in NODE_TCP],
-    (
-        "KUBE-SVC/SVL packets",
-        lambda v: str(sum(n for k, n in v["kube_chains"].items() if "/KUBE-SVC-" in k or "/KUBE-SVL-" in k)),
-    ),
-]
+def node_rows() -> list[tuple[str, Any]]:
+    """(label, cell of a node's interval) for the nodes table: the recorder's TCP counters, whatever they are."""
+    from lab.metrics.node import NODE_TCP  # imported at use for start-up speed
+
+    return [
+        ("conntrack entries", lambda v: f"{v['conntrack']['count']}/{v['conntrack']['max']}"),
+        ("conntrack fill %", lambda v: f"{v['conntrack']['fill'] * 100:.2f}"),
+        *[
+            (k, (lambda key: lambda v: str(v["conntrack_stats"][key]))(k))
+            for k in ("insert_failed", "drop", "early_drop", "invalid")
+        ],
+        *[(k, (lambda key: lambda v: str(v["tcp"].get(key, "-")))(k)) for k in NODE_TCP],
+        (
+            "KUBE-SVC/SVL packets",
+            lambda v: str(sum(n for k, n in v["kube_chains"].items() if "/KUBE-SVC-" in k or "/KUBE-SVL-" in k)),
+        ),
+    ]
 
 
 def nodes_table(record: dict[str, Any]) -> Table | None:
+    from rich.table import Table  # imported at use for start-up speed
+
     nodes = record.get("nodes") or {}
     if not nodes:
         return None
@@ -96,12 +108,14 @@ def nodes_table(record: dict[str, Any]) -> Table | None:
     table.add_column("")
     for node in nodes:
         table.add_column(node, justify="right")
-    for label, cell in NODE_ROWS:
+    for label, cell in node_rows():
         table.add_row(label, *(cell(v) for v in nodes.values()))
     return table
 
 
 def client_table(client: dict[str, Any] | None, title: str = "Client") -> Table | None:
+    from rich.table import Table  # imported at use for start-up speed
+
     if not client:
         return None
     table = Table(title=f"{title}: {client['requests']} requests ({client['rate']}/s)", title_justify="left")
@@ -129,6 +143,8 @@ def client_table(client: dict[str, Any] | None, title: str = "Client") -> Table 
 
 
 def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str, Any] | None = None) -> Group:
+    from rich.console import Group  # imported at use for start-up speed
+
     parts = [
         elb_table(record, header),
         errors_line(record),
@@ -144,24 +160,28 @@ def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str
     "  lab metrics -i 5 --json\n\n  lab metrics -i 5 --prometheus",
 )
 def metrics_cmd(
-    interval: float = typer.Option(60.0, "--interval", "-i", help="Interval length, seconds (1-3600; CloudWatch: 60)."),
+    interval: str = duration_option("60s", "Interval length (1s-1h; CloudWatch: 1m)", "--interval", "-i"),
     watch: bool = typer.Option(False, "--watch", "-w", help="Keep going: one table set per interval until Ctrl-C."),
     record: Path = typer.Option(None, "--record", help="Also write the time series (JSON lines) to FILE."),
     nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Sample node counters too."),
     prometheus: bool = typer.Option(False, "--prometheus", help="Print Prometheus text exposition instead."),
-    json_out: bool = typer.Option(False, "--json", help="Print the interval as JSON (with --watch: one line each)."),
+    json_out: bool = JsonOpt,
     name: str = NameOpt,
 ) -> None:
-    """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics."""
-    from lab.metrics import recorder, to_prometheus
+    """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics.
 
-    recorder.check_interval(interval)
-    lab = Lab.load(name or default_lab_name())
-    spinner = not json_out and not prometheus and err_console.is_terminal
+    --json prints the interval as JSON (with --watch: one line per interval)."""
+    from lab.lab import Lab  # imported at use for start-up speed
+    from lab.metrics import recorder
+    from lab.metrics.exposition import to_prometheus
+
+    interval = recorder.check_interval(seconds(interval, "--interval"))
+    lab = Lab.load(lab_name(name))
+    spinner = not json_out and not prometheus and sys.stderr.isatty() and err_console().is_terminal
     with contextlib.closing(recorder.watch(lab, interval, record, nodes, note="lab metrics")) as intervals:
         while True:
             with (
-                err_console.status(f"measuring one {interval:g}s interval (Ctrl-C to stop)")
+                err_console().status(f"measuring one {interval:g}s interval (Ctrl-C to stop)")
                 if spinner
                 else contextlib.nullcontext()
             ):
@@ -175,7 +195,7 @@ def metrics_cmd(
                 sys.stdout.write(to_prometheus(header, r))
                 sys.stdout.flush()
             else:
-                console.print(record_view(r, header))
+                _console().print(record_view(r, header))
             if not watch:
                 break
 
@@ -186,29 +206,45 @@ def metrics_cmd(
     "  (and in another terminal: lab load accounts --rate 500 --duration 2m)",
 )
 def top_cmd(
-    interval: float = typer.Option(5.0, "--interval", "-i", help="Refresh interval, seconds (>= 1)."),
+    interval: str = duration_option("5s", "Refresh interval (>= 1s)", "--interval", "-i"),
     count: int = typer.Option(0, "--count", help="Stop after this many intervals (0: until Ctrl-C)."),
     name: str = NameOpt,
+    json_out: bool = typer.Option(
+        False, "--json", help="One JSON line per interval (the live view's data, with the running loads' clients)."
+    ),
 ) -> None:
     """A live view: ELB metrics per ELB node and AZ, node conntrack fill, and the client outcomes of running loads."""
+    from rich.console import Group  # imported at use for start-up speed
+    from rich.live import Live
+
+    from lab.lab import Lab
     from lab.metrics import recorder
     from lab.metrics.session import live_clients
 
-    recorder.check_interval(interval)
-    lab = Lab.load(name or default_lab_name())
+    interval = recorder.check_interval(seconds(interval, "--interval"))
+    lab = Lab.load(lab_name(name))
     shown = 0
     with (
         contextlib.closing(recorder.watch(lab, interval, None, True, note="lab top")) as intervals,
-        Live(console=console, refresh_per_second=2, screen=console.is_terminal and count == 0) as live,
         contextlib.suppress(KeyboardInterrupt),
     ):
-        live.update(f"lab top {lab.name}: first interval in {interval:g}s (Ctrl-C to quit)")
-        for header, r in intervals:
-            title = f"lab top {lab.name} ({time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C to quit)"
-            live.update(Group(title, record_view(r, header, live_clients(lab))))
-            shown += 1
-            if count and shown >= count:
-                break
+        if json_out:
+            for _header, r in intervals:
+                sys.stdout.write(json.dumps({**r, "live_clients": live_clients(lab)}, separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+                shown += 1
+                if count and shown >= count:
+                    break
+            return
+        console = _console()
+        with Live(console=console, refresh_per_second=2, screen=console.is_terminal and count == 0) as live:
+            live.update(f"lab top {lab.name}: first interval in {interval:g}s (Ctrl-C to quit)")
+            for header, r in intervals:
+                title = f"lab top {lab.name} ({time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C to quit)"
+                live.update(Group(title, record_view(r, header, live_clients(lab))))
+                shown += 1
+                if count and shown >= count:
+                    break
 
 
 @command(
@@ -218,22 +254,22 @@ def top_cmd(
 )
 def plot_cmd(
     run: Path = typer.Argument(..., help="A time series recorded by `lab load --record` or `lab metrics --record`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Image to write (.png, .svg, .pdf)."),
+    out: Path = output_option("Image to write (.png, .svg, .pdf).", required=True),
     title: str = typer.Option(None, "--title", help="Title (default: the lab and its settings)."),
-    json_out: bool = typer.Option(False, "--json", help="Print what was drawn as JSON."),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Draw BackendConnectionErrors and RequestCount over time (like the seed's ELB graphs) and client latency."""
     from lab.metrics.plot import plot_run
 
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise InputError(f"--out {out}: use a .png, .svg or .pdf file name")
+        raise InputError(f"--output {out}: use a .png, .svg or .pdf file name")
     if not run.is_file():
         raise InputError(f"{run}: no such file; record a run with `lab load ... --record {run}`")
     info = plot_run(run, out, title)
     if json_out:
         print_json(info)
     else:
-        console.print(
+        _console().print(
             f"wrote {info['out']}: {info['intervals']} intervals" + (", client latency" if info["client"] else "")
         )
 
