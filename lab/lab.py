@@ -30,7 +30,7 @@ class Lab:
 
     @cached_property
     def plan(self) -> NetworkPlan:
-        return build_plan(self.topology)
+        return build_plan(self.topology, self.time_scale)
 
     @cached_property
     def backend(self) -> Backend:

@@ -150,6 +150,7 @@ class QuickSettings(Strict):
 
     time_scale: float = Field(0.1, gt=0, le=1)
     set: list[str] = Field(default_factory=list)
+    note: str = Field("", description="Where a timer matters: why quick and full-scale verdicts can or cannot agree")
 
 
 Scenario.model_rebuild()

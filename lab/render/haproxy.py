@@ -55,7 +55,7 @@ def render_haproxy(
         f"instances: {', '.join(n.name for n in targets) or 'none'}",
     ]
     if scale != 1.0:
-        lines.append(f"# ELB timers scaled by {scale:g} (interval, timeouts); kernel TCP timers are not")
+        lines.append(f"# ELB timers scaled by {scale:g} (interval, timeouts); the kernel's by the plan's sysctls")
     lines += [
         "global",
         f"    stats socket {paths.stats_socket} mode 600 level admin",
