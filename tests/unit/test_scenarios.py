@@ -322,7 +322,7 @@ def test_reports_are_written_and_well_formed(tmp_path):
     assert set(files) == {"results.json", "report.md", "report.html", "junit.xml"}
     assert json.loads(files["results.json"].read_text())["scenarios"][0]["id"] == "hc-fanout"
     md = files["report.md"].read_text()
-    assert "| hc-fanout | YES 54/min |" in md and "Kernel TCP and conntrack timers" in md
+    assert "| hc-fanout | YES 54/min |" in md and "1 s initial RTO (SYN retransmits)" in md
     suites = ET.parse(files["junit.xml"]).getroot()
     assert suites.tag == "testsuites"
     broken = next(s for s in suites if s.get("name") == "broken")

@@ -12,7 +12,7 @@ from lab.cli.app import app, command, console, print_json, progress
 from lab.errors import InputError
 from lab.models.scenario import OBSERVATIONS
 from lab.models.yamlio import read_yaml
-from lab.scenarios import report
+from lab.scenarios import compare, report
 from lab.scenarios.loader import builtin, load_scenario
 from lab.scenarios.matrix import QUICK_SCALE, run_matrix
 from lab.scenarios.metrics import CATALOG
@@ -129,7 +129,8 @@ def run_cmd(
     "matrix",
     epilog="Examples:\n\n  lab matrix --all --quick\n\n"
     "  lab matrix scenarios/hc-fanout.yaml --set nodes_per_az=1,2,3 --report reports/fanout\n\n"
-    "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration",
+    "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration\n\n"
+    "  lab matrix hc-misroute --compare-scales --report reports/compare   # quick vs full verdicts",
 )
 def matrix_cmd(
     files: list[str] = typer.Argument(None, help="Scenario files or built-in names (default: --all)."),
@@ -138,9 +139,17 @@ def matrix_cmd(
     report_dir: Path = ReportOpt,
     quick: bool = typer.Option(False, "--quick", help=f"Scaled timers (x{QUICK_SCALE:g}) and short phases: CI-sized."),
     backend: str = BackendOpt,
+    compare_scales: bool = typer.Option(
+        False, "--compare-scales", help="Run quick, then at full scale; diff the verdicts. Exit 1 if any differ."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
+    if compare_scales:
+        if quick or sets:
+            raise InputError("--compare-scales runs the quick and the full-scale runs itself: drop --quick and --set")
+        _compare(files or [], use_all or not files, report_dir, backend, json_out)
+        return
     results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend)
     finish_matrix(results, json_out)
 
@@ -149,6 +158,19 @@ def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
     get_backend(backend)  # an unknown backend fails before anything runs
     with progress("lab matrix" if len(files) != 1 else f"lab scenario {files[0]}") as step:
         return run_matrix(files, use_all, sets + list(overrides), report_dir, quick, scale, step, backend)
+
+
+def _compare(files: list[str], use_all: bool, report_dir: Path, backend: str, json_out: bool) -> None:
+    get_backend(backend)
+    with progress("lab matrix --compare-scales") as step:
+        rows, paths = compare.run_compare(files, use_all, report_dir, step, backend)
+    if json_out:
+        print_json(rows)
+    else:
+        console.print(compare.markdown(rows), markup=False)
+        console.print(f"comparison: {paths['compare.md']} (runs: {report_dir}/quick, {report_dir}/full)")
+    if any(not r["same"] for r in rows):
+        raise typer.Exit(1)
 
 
 def finish_matrix(results: dict, json_out: bool) -> None:
