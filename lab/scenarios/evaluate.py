@@ -21,9 +21,10 @@ OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
 # O4: the healthy lab path answers in a few ms; these are far outside it.
 SLOW_P99_MS = 200.0
 TIMEOUT_RATIO = 0.001
-# O3: judge the floor after the longest conntrack timeout the load's connections leave behind (SYN_SENT,
-# FIN_WAIT, TIME_WAIT: 120 s, in ELB seconds), over at least one ELB minute.
-O3_SETTLE_S = 120.0
+# O3: judge the floor after the longest conntrack timeout the load's closed or failed connections leave
+# behind (UNACKNOWLEDGED and MAX_RETRANS, 300 s: data that went unanswered; SYN_SENT, TIME_WAIT: 120 s), in
+# ELB seconds, over at least one ELB minute.
+O3_SETTLE_S = 300.0
 O3_FLOOR_S = 60.0
 
 
@@ -152,10 +153,10 @@ def _o3(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
         after = _first(run, ("recovery", "idle"), after_load=True)
         if after is None:
             continue
-        # A floor, not what the load left behind: its connections' conntrack entries (SYN_SENT, FIN_WAIT,
-        # TIME_WAIT: 120 s, scaled with the run like the phase) can keep a node's table full, and its
-        # connects failing, after the clients stop. Judge what remains once they have expired: errors,
-        # no lower than half of those while they expired, and no client traffic.
+        # A floor, not what the load left behind: its connections' conntrack entries (up to 300 s, scaled
+        # with the run like the phase) can keep a node's table full, and its connects failing, after the
+        # clients stop. Judge what remains once they have expired: errors, no lower than half of those
+        # while they expired, and no client traffic.
         settled = after["t_start"] + O3_SETTLE_S * scale
         early = _stat(run, "elb.BackendConnectionErrors", {**after, "t_end": settled}, scale) or 0.0
         floor = _stat(run, "elb.BackendConnectionErrors", {**after, "t_start": settled}, scale) or 0.0
