@@ -66,7 +66,8 @@ def run_header(lab: Lab, interval: float, note: str = "") -> dict[str, Any]:
             "backend_connect_timeout_s": topo.elb.connect_timeout * scale,
             "idle_timeout_s": topo.elb.idle_timeout * scale,
         },
-        "not_scaled": ["kernel TCP timers (SYN retransmits at 1 s, 3 s, ...)", "conntrack timeouts", "interval_s"],
+        # The namespaces' conntrack and TCP timers are scaled too (the plan's sysctls); these cannot be.
+        "not_scaled": ["TCP's 1 s initial RTO (SYN retransmits at 1 s, 3 s, ...)", "socket TIME_WAIT", "interval_s"],
         # HAProxy starts the next check `inter` after the previous one ended: a check that times out
         # makes the period inter + timeout.
         "health_checks_per_interval": {
