@@ -113,6 +113,8 @@ def test_time_scale_shrinks_elb_timers_and_says_so():
     cfg = render_haproxy(topo, build_plan(topo), topo.elb_nodes[0], PATHS, time_scale=0.1)
     assert "inter 1000ms fall 6 rise 2" in cfg and "timeout client 6000ms" in cfg
     assert "ELB timers scaled by 0.1" in cfg
+    # The backend connect timeout races the kernel's SYN retransmits (1 s, 3 s): it stays real.
+    assert "timeout connect 5000ms" in cfg.split("backend elb-health")[0]
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (make setup)")
