@@ -8,8 +8,10 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: setup demo test test-deps test-unit test-integration test-kind lint bench clean distclean
 
+# Ends with `lab doctor --brief`: the problems it finds (programs with their package, root, kernel) and a verdict.
 setup: $(STAMP) $(VENV)/bin/lab-nfqdelay
 	@./scripts/install-system-deps.sh
+	@$(SUDO) $(LAB) doctor --brief
 
 # The userspace delay path for kernels without sch_netem (lab.faults); rebuilt when its source changes.
 $(VENV)/bin/lab-nfqdelay: tools/nfqdelay.c $(STAMP)
@@ -24,9 +26,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	@$(SUDO) $(LAB) demo --report reports/demo
 
+# pytest (~9 min here), then the quick matrix 3 times, so every cell is an agreement count (~16 min: 3 x 5.5);
+# about 26 of CI's 90 minutes.
 test: setup test-deps lint
 	@$(SUDO) $(VENV)/bin/pytest -q
-	@$(SUDO) $(LAB) matrix --all --quick --report reports/ci
+	@$(SUDO) $(LAB) matrix --all --quick --repeat 3 --report reports/ci
 
 # Only the test suite's extra packages (busybox-static, Debian's docker.io without its default daemon).
 test-deps: setup

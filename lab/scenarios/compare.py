@@ -10,7 +10,6 @@ from typing import Any
 from lab.models.scenario import OBSERVATIONS
 from lab.scenarios.loader import load_scenario
 from lab.scenarios.matrix import run_matrix
-from lab.scenarios.report import MARK
 
 
 def verdicts(results: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
@@ -19,9 +18,12 @@ def verdicts(results: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
     for s in results["scenarios"]:
         for o in OBSERVATIONS:
             obs = s.get("observations", {}).get(o) or {}
-            out[(s["id"], o)] = (MARK[obs.get("reproduced")], obs.get("figure", ""))
+            word = obs.get("verdict", "n/a")
+            counts = f"{obs['yes']}/{obs['counted']} " if word != "n/a" else ""
+            out[(s["id"], o)] = (word, f"{counts}{obs.get('figure', '')}".strip())
         for e in s.get("expectations", []):
-            out[(s["id"], e["text"])] = ("passed" if e["passed"] else "failed", f"measured {e['measured']}")
+            counts = f"{e.get('counted', 1)} run(s), " if "counted" in e else ""
+            out[(s["id"], e["text"])] = ("passed" if e["passed"] else "failed", f"{counts}measured {e['measured']}")
         out[(s["id"], "status")] = (s["status"], s.get("error") or "")
     return out
 
@@ -51,7 +53,7 @@ def diff(quick: dict[str, Any], full: dict[str, Any], notes: dict[str, str] | No
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The observation verdicts at both scales, then every verdict that differs. Pure."""
-    word = {"reproduced": "YES", "not reproduced": "no", "n/a": "-"}
+    word = {"n/a": "-"}
     lines = ["| scenario | " + " | ".join(f"{o} quick / full" for o in OBSERVATIONS) + " | status quick / full |"]
     lines.append("|" + "---|" * (len(OBSERVATIONS) + 2))
     by_scenario: dict[str, dict[str, dict[str, Any]]] = {}
@@ -89,10 +91,22 @@ def run_compare(
     report_dir: Path,
     progress: Callable[[str], None] = lambda _m: None,
     backend: str = "netns",
+    repeat: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
-    """The scenarios quick (report_dir/quick), then at full scale (report_dir/full); compare.md and compare.json."""
-    quick = run_matrix(files, use_all, [], report_dir / "quick", True, None, lambda m: progress(f"quick {m}"), backend)
-    full = run_matrix(files, use_all, [], report_dir / "full", False, None, lambda m: progress(f"full {m}"), backend)
+    """The scenarios quick (report_dir/quick), then at full scale (report_dir/full); compare.md and compare.json.
+    A verdict agrees when its word (YES, no, FLAKY, n/a over the repeats) is the same at both scales."""
+    runs = {}
+    for scale, quick in (("quick", True), ("full", False)):
+        runs[scale] = run_matrix(
+            files,
+            use_all=use_all,
+            report_dir=report_dir / scale,
+            quick=quick,
+            progress=lambda m, scale=scale: progress(f"{scale} {m}"),
+            backend=backend,
+            repeat=repeat,
+        )
+    quick, full = runs["quick"], runs["full"]
     rows = diff(quick, full, quick_notes(full))
     paths = {"compare.md": report_dir / "compare.md", "compare.json": report_dir / "compare.json"}
     paths["compare.md"].write_text(markdown(rows))

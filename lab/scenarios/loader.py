@@ -11,11 +11,11 @@ from lab.faults.kinds import get_kind
 from lab.faults.model import parse_params
 from lab.hosts import NamespaceGone
 from lab.lab import Lab
-from lab.lifecycle import load_topology
 from lab.models.scenario import Scenario
 from lab.models.topology import Topology
 from lab.models.yamlio import line_of, read_yaml, validate_data
 from lab.scenarios.metrics import CATALOG, describe_unknown
+from lab.spec import load_topology
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO_DIR = REPO / "scenarios"

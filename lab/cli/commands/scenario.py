@@ -1,35 +1,47 @@
-"""`lab scenario list|validate|run|metrics` and `lab matrix`: replay hypotheses and answer the seed's question."""
+"""`lab scenario list|validate|run|metrics` and `lab matrix`: replay hypotheses and answer the seed's question.
+
+The library is imported inside each command (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from lab.backends import get_backend
 from lab.cli.app import app, command, console, print_json, progress
+from lab.cli.options import BackendOpt, JsonOpt, ReportOpt, set_option
+from lab.cli.views import finish_matrix
 from lab.errors import InputError
-from lab.models.scenario import OBSERVATIONS
-from lab.models.yamlio import read_yaml
-from lab.scenarios import compare, report
-from lab.scenarios.loader import builtin, load_scenario
-from lab.scenarios.matrix import QUICK_SCALE, run_matrix
-from lab.scenarios.metrics import CATALOG
 
 scenario_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Replay one hypothesis as a scenario; list and validate them."
 )
 app.add_typer(scenario_app, name="scenario")
 
-JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
-BackendOpt = typer.Option("netns", "--backend", "-b", help="netns (default) or kind.")
-ReportOpt = typer.Option(Path("reports/latest"), "--report", help="Directory for report.md/html, junit.xml, ...")
+# CI's budget: `make test` is ~9 min of pytest plus the quick matrix (~5.5 min per repeat here); 3 repeats
+# keep it near 26 min of the 90, and give every cell an agreement count (YES 3/3, FLAKY 2/3).
+MATRIX_REPEAT = 3
+
+
+def repeat_option(default: int) -> typer.Option:
+    return typer.Option(
+        default,
+        "--repeat",
+        metavar="N",
+        help="Run each scenario N times; verdicts become agreement counts (YES 3/3, FLAKY 2/3), figures medians "
+        "with their spread.",
+    )
 
 
 @command("list", on=scenario_app, epilog="Example:\n\n  lab scenario list")
 def list_cmd(json_out: bool = JsonOpt) -> None:
     """The built-in scenarios (scenarios/*.yaml): their titles and the observations they claim to explain."""
+    from rich.table import Table  # imported at use for start-up speed
+
+    from lab.models.yamlio import read_yaml
+    from lab.scenarios.loader import builtin
+
     rows = []
     for path in builtin():
         data = read_yaml(path) or {}
@@ -49,7 +61,7 @@ def list_cmd(json_out: bool = JsonOpt) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["id"], r["title"], " ".join(r["observations"]) or "-")
-    console.print(table)
+    console().print(table)
 
 
 @command(
@@ -63,6 +75,8 @@ def validate_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Check scenarios completely (schema, topology overrides, fault kinds and targets, metrics), running nothing."""
+    from lab.scenarios.loader import load_scenario  # imported at use for start-up speed
+
     out = []
     for name in files:
         loaded = load_scenario(name)
@@ -79,12 +93,18 @@ def validate_cmd(
         print_json(out)
     else:
         for o in out:
-            console.print(f"{o['file']}: ok ({len(o['variants'])} variant(s), {o['seconds']:g}s per run at full scale)")
+            console().print(
+                f"{o['file']}: ok ({len(o['variants'])} variant(s), {o['seconds']:g}s per run at full scale)"
+            )
 
 
 @command("metrics", on=scenario_app, epilog="Example:\n\n  lab scenario metrics")
 def metrics_cmd(json_out: bool = JsonOpt) -> None:
     """Every metric an expectation may name, with its kind and statistics."""
+    from rich.table import Table  # imported at use for start-up speed
+
+    from lab.scenarios.metrics import CATALOG
+
     rows = [{"metric": m.name, "kind": m.kind, "stats": list(m.stats), "help": m.help} for m in CATALOG.values()]
     if json_out:
         print_json(rows)
@@ -94,7 +114,7 @@ def metrics_cmd(json_out: bool = JsonOpt) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["metric"], r["kind"], ", ".join(r["stats"]), r["help"])
-    console.print(table)
+    console().print(table)
 
 
 @command(
@@ -102,7 +122,8 @@ def metrics_cmd(json_out: bool = JsonOpt) -> None:
     on=scenario_app,
     epilog="Examples:\n\n  lab scenario run baseline --quick\n\n"
     "  lab scenario run hc-fanout --time-scale 0.5\n\n"
-    "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout",
+    "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout\n\n"
+    "  lab scenario run conntrack-exhaustion --quick --repeat 5",
 )
 def run_cmd(
     file: str = typer.Argument(..., help="Scenario file or built-in name."),
@@ -111,17 +132,19 @@ def run_cmd(
         1.0, "--time-scale", help="Shrink the ELB's and the scenario's timers (0 < F <= 1)."
     ),
     quick: bool = typer.Option(False, "--quick", help="The scenario's own quick settings, as `lab matrix --quick`."),
-    overrides: list[str] = typer.Option([], "--set", help="Extra topology override KEY=VALUE (repeatable)."),
+    overrides: list[str] = set_option("Extra topology override KEY=VALUE (repeatable)."),
+    repeat: int = repeat_option(1),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails."""
+    """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails
+    in any counted run."""
     if not 0 < time_scale <= 1:
         raise InputError(f"--time-scale {time_scale:g}: must be > 0 and <= 1")
     if quick and time_scale != 1:
         raise InputError("--quick and --time-scale: choose one (--quick uses the scenario's quick time scale)")
     scale = None if quick else time_scale
-    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend)
+    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend, repeat, None)
     finish_matrix(results, json_out)
 
 
@@ -130,14 +153,24 @@ def run_cmd(
     epilog="Examples:\n\n  lab matrix --all --quick\n\n"
     "  lab matrix scenarios/hc-fanout.yaml --set nodes_per_az=1,2,3 --report reports/fanout\n\n"
     "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration\n\n"
-    "  lab matrix hc-misroute --compare-scales --report reports/compare   # quick vs full verdicts",
+    "  lab matrix --all --quick --repeat 5 --shard 2/4 --report reports/shard-2   # then: lab report merge\n\n"
+    "  lab matrix hc-misroute --compare-scales --repeat 1 --report reports/compare   # quick vs full verdicts",
 )
 def matrix_cmd(
     files: list[str] = typer.Argument(None, help="Scenario files or built-in names (default: --all)."),
     use_all: bool = typer.Option(False, "--all", help="Every built-in scenario."),
-    sets: list[str] = typer.Option([], "--set", help="KEY=V1,V2: run every scenario once per value (cross product)."),
+    sets: list[str] = set_option("Run every scenario once per value (cross product; repeatable).", metavar="KEY=V1,V2"),
     report_dir: Path = ReportOpt,
-    quick: bool = typer.Option(False, "--quick", help=f"Scaled timers (x{QUICK_SCALE:g}) and short phases: CI-sized."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Each scenario's own quick settings (scaled timers, short phases): CI-sized."
+    ),
+    repeat: int = repeat_option(MATRIX_REPEAT),
+    shard: str = typer.Option(
+        None,
+        "--shard",
+        metavar="I/N",
+        help="Run only the I-th of N stable parts (one per machine; merge them with `lab report merge`).",
+    ),
     backend: str = BackendOpt,
     compare_scales: bool = typer.Option(
         False, "--compare-scales", help="Run quick, then at full scale; diff the verdicts. Exit 1 if any differ."
@@ -145,25 +178,27 @@ def matrix_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
+    from lab.scenarios.matrix import Shard  # imported at use for start-up speed
+
     if compare_scales:
-        if quick or sets:
-            raise InputError("--compare-scales runs the quick and the full-scale runs itself: drop --quick and --set")
-        _compare(files or [], use_all or not files, report_dir, backend, json_out)
+        if quick or sets or shard:
+            raise InputError(
+                "--compare-scales runs the quick and the full-scale runs itself: drop --quick, --set, --shard"
+            )
+        _compare(files or [], use_all or not files, report_dir, backend, repeat, json_out)
         return
-    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend)
+    part = Shard.parse(shard) if shard is not None else None
+    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend, repeat, part)
     finish_matrix(results, json_out)
 
 
-def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
-    get_backend(backend)  # an unknown backend fails before anything runs
-    with progress("lab matrix" if len(files) != 1 else f"lab scenario {files[0]}") as step:
-        return run_matrix(files, use_all, sets + list(overrides), report_dir, quick, scale, step, backend)
+def _compare(files: list[str], use_all: bool, report_dir: Path, backend: str, repeat: int, json_out: bool) -> None:
+    from lab.backends import get_backend  # imported at use for start-up speed
+    from lab.scenarios import compare
 
-
-def _compare(files: list[str], use_all: bool, report_dir: Path, backend: str, json_out: bool) -> None:
     get_backend(backend)
     with progress("lab matrix --compare-scales") as step:
-        rows, paths = compare.run_compare(files, use_all, report_dir, step, backend)
+        rows, paths = compare.run_compare(files, use_all, report_dir, step, backend, repeat)
     if json_out:
         print_json(rows)
     else:
@@ -173,33 +208,21 @@ def _compare(files: list[str], use_all: bool, report_dir: Path, backend: str, js
         raise typer.Exit(1)
 
 
-def finish_matrix(results: dict, json_out: bool) -> None:
-    if json_out:
-        print_json(results)
-    else:
-        print_table(results)
-        console.print(f"reports: {results['files']['report.html']} (also report.md, junit.xml, results.json)")
-    if any(s["status"] != "passed" for s in results["scenarios"]):
-        raise typer.Exit(1)
+def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend, repeat, shard):
+    from lab.backends import get_backend  # imported at use for start-up speed
+    from lab.scenarios.matrix import run_matrix
 
-
-def print_table(results: dict) -> None:
-    table = Table(title="Which hypothesis reproduces which seed observation", title_justify="left")
-    table.add_column("hypothesis (scenario)")
-    for o in OBSERVATIONS:
-        table.add_column(f"{o} {report.OBSERVATION_TEXT[o]}", overflow="fold")
-    table.add_column("verdict")
-    for row in report.table_rows(results):
-        styled = []
-        for c in row[1:-1]:
-            style = "green" if c.startswith("YES") else ("red" if c.startswith("no") else "dim")
-            styled.append(f"[{style}]{c}[/]")
-        verdict = row[-1]
-        table.add_row(row[0], *styled, f"[{'green' if verdict == 'passed' else 'red'}]{verdict}[/]")
-    console.print(table)
-    for s in results["scenarios"]:
-        for e in s.get("expectations", []):
-            if not e["passed"]:
-                console.print(f"[red]FAILED[/] {s['id']}: {e['text']} (measured {e['measured']})")
-        if s.get("error"):
-            console.print(f"[red]ERROR[/] {s['id']}: {s['error']}")
+    get_backend(backend)  # an unknown backend fails before anything runs
+    with progress("lab matrix" if len(files) != 1 else f"lab scenario {files[0]}") as step:
+        return run_matrix(
+            files,
+            use_all=use_all,
+            sets=sets + list(overrides),
+            report_dir=report_dir,
+            quick=quick,
+            time_scale=scale,
+            progress=step,
+            backend=backend,
+            repeat=repeat,
+            shard=shard,
+        )
