@@ -11,7 +11,7 @@ from typing import Any
 
 from lab.errors import InputError
 from lab.scenarios import report
-from lab.scenarios.loader import LoadedScenario, builtin, load_scenario
+from lab.scenarios.loader import LoadedScenario, builtin, expand_sweep
 from lab.scenarios.runner import RunOptions, run_scenario
 
 QUICK_SCALE = 0.1
@@ -38,7 +38,7 @@ def load_all(files: list[str], use_all: bool, sets: list[list[str]]) -> list[Loa
     loaded = []
     for name in names:
         for combo in sets:
-            loaded.append(load_scenario(name, combo))  # every scenario validated before anything runs
+            loaded += expand_sweep(name, combo)  # every scenario (and sweep point) validated before anything runs
     return loaded
 
 
@@ -66,10 +66,9 @@ def run_matrix(
         "scenarios": [],
     }
     report_dir.mkdir(parents=True, exist_ok=True)
-    per_combo = max(1, len(scenarios) // len(combos))
     for i, loaded in enumerate(scenarios):
-        combo = combos[i // per_combo] if combos != [[]] else []
-        label = f"[{','.join(combo)}]" if combo else ""
+        combo = list(loaded.extra)
+        label = f"[{','.join(combo + list(loaded.point))}]" if combo or loaded.point else ""
         progress(f"[{i + 1}/{len(scenarios)}] {loaded.id}{label}")
         opts = RunOptions(
             report_dir=report_dir,

@@ -204,7 +204,7 @@ def exec_cmd(
 
 
 @command("schema", epilog="Example:\n\n  lab schema topology > topology.schema.json")
-def schema_cmd(kind: str = typer.Argument("topology", help="topology or scenario")) -> None:
+def schema_cmd(kind: str = typer.Argument("topology", help="topology, scenario or incident")) -> None:
     """Print the JSON Schema of a declarative file."""
     from lab.models import schemas
 

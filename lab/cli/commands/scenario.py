@@ -13,7 +13,7 @@ from lab.errors import InputError
 from lab.models.scenario import OBSERVATIONS
 from lab.models.yamlio import read_yaml
 from lab.scenarios import report
-from lab.scenarios.loader import builtin, load_scenario
+from lab.scenarios.loader import builtin, expand_sweep, load_scenario
 from lab.scenarios.matrix import QUICK_SCALE, run_matrix
 from lab.scenarios.metrics import CATALOG
 
@@ -66,6 +66,7 @@ def validate_cmd(
     out = []
     for name in files:
         loaded = load_scenario(name)
+        points = expand_sweep(name)  # every sweep point, checked as a run would check it
         out.append(
             {
                 "id": loaded.id,
@@ -73,13 +74,17 @@ def validate_cmd(
                 "ok": True,
                 "variants": loaded.scenario.variant_names(),
                 "seconds": loaded.scenario.duration,
+                "sweep_points": len(points) if loaded.scenario.sweep else 0,
             }
         )
     if json_out:
         print_json(out)
     else:
         for o in out:
-            console.print(f"{o['file']}: ok ({len(o['variants'])} variant(s), {o['seconds']:g}s per run at full scale)")
+            sweep = f", {o['sweep_points']} sweep point(s)" if o["sweep_points"] else ""
+            console.print(
+                f"{o['file']}: ok ({len(o['variants'])} variant(s){sweep}, {o['seconds']:g}s per run at full scale)"
+            )
 
 
 @command("metrics", on=scenario_app, epilog="Example:\n\n  lab scenario metrics")

@@ -1,0 +1,144 @@
+"""`lab fit` and `lab incident import|validate`: hold lab runs against an incident's own figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from lab.cli.app import app, command, console, print_json, progress
+from lab.errors import InputError
+from lab.incidents.cloudwatch import read_export
+from lab.incidents.files import figure_from_series, incident_yaml, load_incident
+from lab.incidents.runs import run_fit
+from lab.models.incident import Conditions, Incident
+
+incident_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Incident files: validate them, import CloudWatch exports."
+)
+app.add_typer(incident_app, name="incident")
+
+JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
+
+
+@command(
+    "fit",
+    epilog="Examples:\n\n  lab fit incidents/seed-2017.yaml --quick --report reports/fit\n\n"
+    "  lab fit incidents/seed-2017.yaml hc-fanout --sweep elb.nodes_per_az=1,6 --quick\n\n"
+    "  lab fit my-incident.yaml --from reports/latest   # runs a matrix already recorded",
+)
+def fit_cmd(
+    incident: str = typer.Argument(..., help="Incident file (YAML)."),
+    scenarios: list[str] = typer.Argument(
+        None, help="Hypotheses: scenario files or built-in names (default: the incident's list)."
+    ),
+    sweep: list[str] = typer.Option(
+        [], "--sweep", help="KEY=V1,V2: a parameter axis for every named scenario (replaces their sweeps)."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="Each scenario's quick settings (ELB timers x0.1)."),
+    report_dir: Path = typer.Option(
+        Path("reports/fit"), "--report", help="Directory for fit.md, fit.json, plots, journals."
+    ),
+    reuse: list[Path] = typer.Option(
+        [], "--from", help="Also fit the runs recorded in this report directory (repeatable)."
+    ),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Replay hypotheses (each sweep point, each variant on its own lab) and rank them by how well they reproduce
+    the incident's figures, converted to each figure's CloudWatch statistic and period."""
+    with progress("lab fit") as step:
+        result = run_fit(incident, scenarios or [], sweep, quick, report_dir, reuse, step)
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"Fit of {incident}", title_justify="left")
+    for col in ("figure", "observed", "best hypothesis and parameters", "lab value", "error", "within"):
+        table.add_column(col, overflow="fold")
+    from lab.incidents.report import error_text, point_text, value_text
+
+    for row in result["table"]:
+        m = row["match"]
+        if m is None:
+            table.add_row(row["figure"], row["observed"], f"[dim]{escape(row['why_not'])}[/]", "-", "-", "[red]no[/]")
+            continue
+        where = f"{m['hypothesis']} ({point_text(m['point'])}; {m['variant']}; {m['phase']}; {m['period']} s)"
+        ok = "[green]yes[/]" if m["within"] else "[red]no[/]"
+        table.add_row(row["figure"], row["observed"], escape(where), value_text(m["lab"]), error_text(m), ok)
+    console.print(table)
+    if result["hypotheses"]:
+        top = result["hypotheses"][0]
+        console.print(
+            f"best single hypothesis: {top['key']} ({', '.join(top['explains']) or 'no figure'} within tolerance)"
+        )
+    if result["pairs"]:
+        p = result["pairs"][0]
+        console.print(escape(f"best pair: {' + '.join(p['members'])} ({', '.join(p['explains'])})"))
+    console.print(f"report: {result['files']['fit.md']} (also fit.json, plots, journals)")
+
+
+@command("validate", on=incident_app, epilog="Example:\n\n  lab incident validate incidents/seed-2017.yaml")
+def validate_cmd(files: list[Path] = typer.Argument(..., help="Incident files."), json_out: bool = JsonOpt) -> None:
+    """Check incident files (schema, figures, statistics, periods) without running anything."""
+    out = []
+    for path in files:
+        inc = load_incident(path)
+        out.append({"file": str(path), "ok": True, "figures": len(inc.figures), "hypotheses": len(inc.hypotheses)})
+    if json_out:
+        print_json(out)
+        return
+    for o in out:
+        console.print(f"{o['file']}: ok ({o['figures']} figures, {o['hypotheses']} hypotheses)")
+
+
+@command(
+    "import",
+    on=incident_app,
+    epilog="Examples:\n\n"
+    "  aws cloudwatch get-metric-statistics --namespace AWS/ELB --metric-name BackendConnectionErrors \\\n"
+    "    --dimensions Name=LoadBalancerName,Value=my-elb --statistics Sum --period 60 \\\n"
+    "    --start-time 2017-06-01T00:00:00Z --end-time 2017-06-02T00:00:00Z > bce.json\n\n"
+    "  lab incident import bce.json --metric elb.BackendConnectionErrors --phase idle -o incident.yaml\n\n"
+    "  lab incident import page1.json page2.json --id m1 --statistic Sum --metric elb.RequestCount --phase load",
+)
+def import_cmd(
+    files: list[Path] = typer.Argument(..., help="get-metric-statistics JSON, get-metric-data JSON (pages), or CSV."),
+    metric: str = typer.Option(..., "--metric", help="The figure's metric, e.g. elb.BackendConnectionErrors."),
+    statistic: str = typer.Option(
+        None, "--statistic", help="Sum, Average, ... (default: the export's only one, else Sum)."
+    ),
+    period: int = typer.Option(None, "--period", help="60 or 300 (default: the step between the export's points)."),
+    result_id: str = typer.Option(None, "--id", help="get-metric-data: which MetricDataResults Id."),
+    phase: str = typer.Option("load", "--phase", help="What the series covers: idle, load or after-load."),
+    instances: int = typer.Option(None, "--instances", help="Instances each ELB node checked."),
+    cross_zone: bool = typer.Option(None, "--cross-zone/--no-cross-zone", help="Cross-zone load balancing."),
+    figure_id: str = typer.Option("imported", "--figure", help="The figure's id."),
+    title: str = typer.Option("Imported CloudWatch series", "--title", help="The incident's title (new files)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Incident file to write (a figure is added if it exists)."),
+) -> None:
+    """Turn a CloudWatch export into a figure of an incident file (time series, its statistic and period)."""
+    texts = []
+    for f in files:
+        try:
+            texts.append(f.read_text())
+        except OSError as exc:
+            raise InputError(f"{f}: cannot read: {exc.strerror}") from None
+    source = ", ".join(str(f) for f in files)
+    series = read_export(texts, source, statistic, result_id)
+    conditions = Conditions.model_validate({"phase": phase, "instances": instances, "cross_zone": cross_zone})
+    stat = statistic or series.statistic or "Sum"
+    figure = figure_from_series(series, figure_id, metric, stat, period, conditions, source)
+    if output.exists():
+        inc = load_incident(output)
+        if any(f.id == figure.id for f in inc.figures):
+            raise InputError(f"{output}: already has a figure '{figure.id}'; choose another --figure")
+        inc = Incident.model_validate(
+            {**inc.model_dump(), "figures": [*inc.model_dump()["figures"], figure.model_dump()]}
+        )
+    else:
+        inc = Incident(title=title, figures=[figure])
+    output.write_text(incident_yaml(inc))
+    console.print(f"{output}: figure '{figure.id}': {len(series.points)} points, {stat} per {figure.periods[0]} s")
+    for w in series.warnings:
+        console.print(f"warning: {w}")
