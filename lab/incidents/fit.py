@@ -308,10 +308,11 @@ def match_figure(figure: Figure, run: RunData, periods: list[int] | None = None)
     best: Match | None = None
     why = ""
     for phase in phases:
-        if not figure.series:
-            why = mismatch(figure, run, phase) or ""
-            if why:
-                continue
+        # A series spans the whole run: its conditions other than the phase (instances, cross-zone,
+        # healthy backends) still apply.
+        why = mismatch(figure, run, phase if not figure.series else {}) or ""
+        if why:
+            continue
         for period in periods or figure.periods:
             m = _one(figure, run, phase, period)
             if m is not None and (best is None or _closeness(m) < _closeness(best)):

@@ -3,6 +3,7 @@ shape, the period shared by a graph's figures, ranking and pairs. No lab runs (l
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,65 @@ def test_report_writes_table_and_commands(tmp_path: Path):
     assert "| figure | observed | best hypothesis and parameters | lab value | error | within |" in md
     assert "`lab fit i.yaml fanout`" in md
     assert (tmp_path / "fit-f.png").exists()
+
+
+def recorded(tmp_path: Path, runs: list[RunData]) -> Path:
+    """A report directory as `lab fit` leaves it: runs.json and one journal per run."""
+    import json
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for r in runs:
+        journal = tmp_path / Path(r.journal).name
+        lines = [{"type": "run", **r.header}] + [{"type": "interval", **i} for i in r.intervals]
+        journal.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        entries.append(
+            {
+                "id": r.hypothesis,
+                "hypothesis_id": r.hypothesis,
+                "point": list(r.point),
+                "command": r.command,
+                "runs": [{"variant": r.variant, "journal": journal.name, "phases": r.phases}],
+            }
+        )
+    (tmp_path / "runs.json").write_text(json.dumps({"scenarios": entries}))
+    return tmp_path
+
+
+def test_fit_cli_from_recorded_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from lab.cli import app
+
+    runs_dir = recorded(tmp_path / "runs", [run(300 / 18, hypothesis="fanout"), run(0, hypothesis="quiet")])
+    incident = tmp_path / "i.yaml"
+    incident.write_text(
+        "title: one floor\nfigures:\n  - id: floor\n    metric: elb.BackendConnectionErrors\n"
+        '    value: "~300"\n    conditions: {phase: idle}\n    sources: [a sentence]\n'
+    )
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["fit", str(incident), "--from", str(runs_dir), "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "best single hypothesis: fanout (floor within tolerance)" in result.output
+    data = json.loads((out / "fit.json").read_text())
+    assert data["table"][0]["match"]["lab"] == pytest.approx(300)
+    assert data["hypotheses"][1]["key"] == "quiet" and data["hypotheses"][1]["explains"] == []
+
+
+def test_fit_cli_errors_are_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from lab.cli import app
+    from tests.conftest import single_error
+
+    incident = tmp_path / "i.yaml"
+    incident.write_text(
+        "title: one floor\nfigures:\n  - id: floor\n    metric: elb.BackendConnectionErrors\n"
+        '    value: "~300"\n    conditions: {phase: idle}\n    sources: [a sentence]\n'
+    )
+    line = single_error(CliRunner().invoke(app, ["fit", str(incident)]))
+    assert line == f"Error: {incident}: no hypotheses listed; name scenarios (lab fit INCIDENT SCENARIO...)"
+    line = single_error(CliRunner().invoke(app, ["fit", str(incident), "--from", str(tmp_path / "none")]))
+    assert "none: no runs.json or results.json" in line
+    line = single_error(CliRunner().invoke(app, ["fit", str(incident), "hc-fanout", "--sweep", "elb.nodes_per_az=99"]))
+    assert "sweep point elb.nodes_per_az=99" in line
