@@ -40,7 +40,7 @@ def figure_from_series(
     elif seen is not None and seen % period:
         raise InputError(f"--period {period}: the export's points are {seen} s apart")
     missing = series.missing(period)
-    note = f"imported: {len(series.points)} points" + (f", {missing} periods without data" if missing else "")
+    note = f"imported: {len(series.points)} points" + (f", periods without data: {missing}" if missing else "")
     if series.unit:
         note += f", unit {series.unit}"
     note += "".join(f"; {w}" for w in series.warnings)

@@ -266,21 +266,30 @@ def resample(values: list[float], n: int) -> list[float]:
     return out
 
 
+FLAT = 0.02  # a series whose spread is under 2% of its level is flat: z-scores would only scale up noise
+
+
+def flat(values: list[float]) -> bool:
+    level = statistics.fmean(abs(v) for v in values)
+    return statistics.pstdev(values) <= FLAT * level if level else True
+
+
 def pearson(a: list[float], b: list[float]) -> float:
     """Pearson r (the mean product of z-scores); two flat series have the same shape (1), one flat against a
     varying one none (0)."""
     sa, sb = statistics.pstdev(a), statistics.pstdev(b)
-    if sa == 0 or sb == 0:
-        return 1.0 if sa == sb == 0 else 0.0
+    flat_a, flat_b = flat(a), flat(b)
+    if flat_a or flat_b:
+        return 1.0 if flat_a and flat_b else 0.0
     ma, mb = statistics.fmean(a), statistics.fmean(b)
     return sum((x - ma) / sa * (y - mb) / sb for x, y in zip(a, b, strict=True)) / len(a)
 
 
 def shape_correlation(a: list[float], b: list[float], max_shift: float = 0.25) -> float:
-    """How alike two series' shapes are, on a common time axis (the shorter one's length): the best Pearson r
+    """How alike two series' shapes are, on a common time axis (the longer one's length): the best Pearson r
     over shifts of up to `max_shift` of the length, since a lab run's timeline and an export's start at
     unrelated moments. 1 same shape, 0 unrelated, -1 mirrored."""
-    n = min(len(a), len(b))
+    n = max(len(a), len(b))
     a, b = resample(a, n), resample(b, n)
     best = pearson(a, b)
     for lag in range(1, int(n * max_shift) + 1):
@@ -400,7 +409,12 @@ def graphs(incident: Incident) -> list[list[Figure]]:
 
 
 def _mean_error(best: dict[str, Match]) -> float | None:
-    errs = [min(abs(m.error), 10.0) for m in best.values() if m.error is not None]
+    # a series' error is its level's plus how far its shape is from the incident's (1 - r)
+    errs = [
+        min(abs(m.error), 10.0) + (1 - m.shape if m.shape is not None else 0.0)
+        for m in best.values()
+        if m.error is not None
+    ]
     return statistics.fmean(errs) if errs else None
 
 

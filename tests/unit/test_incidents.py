@@ -242,7 +242,7 @@ def test_import_writes_a_valid_incident_and_adds_to_it(tmp_path):
     inc = load_incident(out)
     fig = inc.figures[0]
     assert fig.periods == [60] and [p.v for p in fig.series] == [324, 318, 972, 978, 966]
-    assert fig.conditions.instances == 3 and "1 periods without data" in fig.note and "unit Count" in fig.note
+    assert fig.conditions.instances == 3 and "periods without data: 1" in fig.note and "unit Count" in fig.note
     again = runner.invoke(app, [*args[:-2], "--figure", "second", "-o", str(out)])
     assert again.exit_code == 0, again.output
     assert [f.id for f in load_incident(out).figures] == ["imported", "second"]

@@ -69,9 +69,8 @@ def fit_cmd(
     console.print(table)
     if result["hypotheses"]:
         top = result["hypotheses"][0]
-        console.print(
-            f"best single hypothesis: {top['key']} ({', '.join(top['explains']) or 'no figure'} within tolerance)"
-        )
+        explains = ", ".join(top["explains"]) or "no figure"
+        console.print(escape(f"best single hypothesis: {top['key']} ({explains} within tolerance)"))
     if result["pairs"]:
         p = result["pairs"][0]
         console.print(escape(f"best pair: {' + '.join(p['members'])} ({', '.join(p['explains'])})"))
