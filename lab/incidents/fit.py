@@ -397,7 +397,76 @@ def fit(incident: Incident, runs: list[RunData]) -> dict[str, Any]:
         "hypotheses": ranked,
         "pairs": pairs(ranked, figure_ids),
         "table": table(incident, ranked),
+        "estimates": estimates(incident, points),
     }
+
+
+def _axis_value(point: tuple[str, ...]) -> tuple[str, float] | None:
+    if len(point) != 1:
+        return None
+    key, _, raw = point[0].partition("=")
+    try:
+        x = float(raw)
+    except ValueError:
+        return None
+    return (key, x) if math.isfinite(x) else None
+
+
+def estimates(incident: Incident, points: dict[str, list[RunData]]) -> list[dict[str, Any]]:
+    """Where a hypothesis was swept along one numeric axis: the axis value at which a straight line through
+    its points (least squares, per candidate period) reaches the figure's value. A line is an assumption:
+    the health-check floor is linear in ELB nodes, a plateau in the table size; outside the swept range it is
+    an extrapolation, and says so."""
+    by_hyp: dict[str, list[tuple[str, float, list[RunData]]]] = {}
+    for group in points.values():
+        axis = _axis_value(group[0].point)
+        if axis is not None:
+            by_hyp.setdefault(group[0].hypothesis, []).append((axis[0], axis[1], group))
+    out = []
+    for hyp, swept in by_hyp.items():
+        if len({k for k, _, _ in swept}) != 1 or len(swept) < 2:
+            continue
+        key = swept[0][0]
+        for figure in incident.figures:
+            target = figure.target
+            if target is None or figure.series:
+                continue
+            for period in figure.periods:
+                xy = []
+                for _, x, group in swept:
+                    found = [m for r in group for m in [match_figure(figure, r, [period])[0]] if m is not None]
+                    if found:
+                        xy.append((x, min(found, key=_closeness).lab))
+                line = _line(xy)
+                if line is None:
+                    continue
+                a, b = line
+                x_star = (target - a) / b
+                lo, hi = min(x for x, _ in xy), max(x for x, _ in xy)
+                out.append(
+                    {
+                        "figure": figure.id,
+                        "hypothesis": hyp,
+                        "axis": key,
+                        "period": period,
+                        "points": [[x, y] for x, y in xy],
+                        "value": x_star,
+                        "kind": "interpolated" if lo <= x_star <= hi else "extrapolated",
+                    }
+                )
+    return out
+
+
+def _line(xy: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(intercept, slope) of the least-squares line, or None (fewer than 2 x values, or flat)."""
+    if len({x for x, _ in xy}) < 2:
+        return None
+    mx, my = statistics.fmean(x for x, _ in xy), statistics.fmean(y for _, y in xy)
+    sxx = sum((x - mx) ** 2 for x, _ in xy)
+    b = sum((x - mx) * (y - my) for x, y in xy) / sxx
+    if abs(b) < 1e-12:
+        return None
+    return my - b * mx, b
 
 
 def graphs(incident: Incident) -> list[list[Figure]]:

@@ -70,6 +70,34 @@ def markdown(result: dict[str, Any], incident: Incident, meta: dict[str, Any]) -
             f"| {head} | {row['observed']} | {where} | {value_text(m['lab'])} | {error_text(m)} | "
             f"{'**yes**' if m['within'] else 'no'} |"
         )
+    missed = [r for r in result["table"] if not (r["match"] and r["match"]["within"])]
+    if missed:
+        lines += ["", "Figures no run reproduced within tolerance:", ""]
+        for row in missed:
+            m = row["match"]
+            closest = (
+                f"closest {m['hypothesis']} ({point_text(m['point'])}) at {value_text(m['lab'])}, {error_text(m)}"
+                if m
+                else row["why_not"]
+            )
+            lines.append(f"- {row['figure']}: {closest}")
+    if result.get("estimates"):
+        lines += [
+            "",
+            "## Where a swept parameter would reach each figure",
+            "",
+            "A least-squares line through the swept points of one hypothesis (one numeric axis), solved for the "
+            "figure's value: an estimate, not a run; outside the swept range an extrapolation.",
+            "",
+            "| figure | hypothesis | period | axis = value | from points (axis, lab value) |",
+            "|---|---|---|---|---|",
+        ]
+        for e in result["estimates"]:
+            pts = "; ".join(f"{x:g}: {value_text(y)}" for x, y in e["points"])
+            lines.append(
+                f"| {e['figure']} | {e['hypothesis']} | {e['period']} s | {e['axis']} = {e['value']:.3g} "
+                f"({e['kind']}) | {pts} |"
+            )
     lines += [
         "",
         "## Hypotheses, ranked",

@@ -306,3 +306,15 @@ def test_fit_cli_errors_are_one_line(tmp_path):
     assert "none: no runs.json or results.json" in line
     line = single_error(CliRunner().invoke(app, ["fit", str(incident), "hc-fanout", "--sweep", "elb.nodes_per_az=99"]))
     assert "sweep point elb.nodes_per_az=99" in line
+
+
+def test_estimates_solve_a_swept_axis_for_the_figure():
+    f = figure(id="floor", periods=[60], conditions={"phase": "idle"})
+    # 3 instances x 3 ELB nodes per ELB node count per AZ: 54/min at 1 per AZ, 324/min at 6
+    runs = [run(3 * n, hypothesis="fanout", point=(f"elb.nodes_per_az={n}",)) for n in (1, 6)]
+    (e,) = fit(Incident(title="floor", figures=[f]), runs)["estimates"]
+    assert e["axis"] == "elb.nodes_per_az" and e["period"] == 60
+    assert e["value"] == pytest.approx(1 + (300 - 54) / 54) and e["kind"] == "interpolated"
+    far = figure(id="far", value="~3,000", periods=[60], conditions={"phase": "idle"})
+    (e,) = fit(Incident(title="far", figures=[far]), runs)["estimates"]
+    assert e["kind"] == "extrapolated" and e["value"] == pytest.approx(1 + (3000 - 54) / 54)
