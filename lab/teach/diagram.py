@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lab.errors import InputError
 
 if TYPE_CHECKING:
-    from lab.teach.trace import Hop, TraceResult
+    from lab.teach.tracedata import Hop, TraceResult
 
 CLIENT_ZONE = "client VPC"
 PATH_KINDS = ("client", "elb", "node", "transit", "pod")
@@ -179,3 +179,8 @@ def _wrap(text: str, width: int = 34) -> str:
     if " -> " in text:
         return text.replace(" -> ", "\n-> ", 1)
     return text.replace(", ", ",\n", 1)
+
+
+def trace_json(result: TraceResult) -> dict[str, Any]:
+    """The trace for machines (`lab trace --json`): every hop, and the path as a Mermaid flowchart."""
+    return {**result.to_json(), "mermaid": mermaid(result)}

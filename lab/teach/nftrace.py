@@ -189,6 +189,11 @@ def parse_monitor(lines: Iterable[str]) -> list[TracedPacket]:
     return done
 
 
+def packets_from_lines(lines: Iterable[str]) -> list[TracedPacket]:
+    """The traced packets of a capture, without our own marker datagrams."""
+    return [p for p in parse_monitor(lines) if p.first.get("DPORT") != str(MARKER_PORT)]
+
+
 def ruleset(table: str, ports: Iterable[int]) -> str:
     """nft script of the trace table: SYNs to `ports`, SYN-ACKs and RSTs from them, and the marker."""
     port_set = ", ".join(str(p) for p in sorted(set(ports)))
@@ -322,11 +327,14 @@ class TraceCapture:
                 raise LabError(f"{self.host.name}: xtables-monitor --trace exited ({self._proc.returncode})")
         raise LabError(f"{self.host.name}: packet tracing did not start within {timeout:g}s (xtables-monitor)")
 
-    def packets(self) -> list[TracedPacket]:
+    def lines(self) -> list[str]:
+        """Every trace line seen so far (after a barrier: nothing still in flight)."""
         self.barrier()
         with self._cond:
-            lines = list(self._lines)
-        return [p for p in parse_monitor(lines) if p.first.get("DPORT") != str(MARKER_PORT)]
+            return list(self._lines)
+
+    def packets(self) -> list[TracedPacket]:
+        return packets_from_lines(self.lines())
 
     def close(self) -> None:
         if self._netns is not None:

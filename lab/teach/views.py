@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.text import Text
 from rich.tree import Tree
 
-from lab.teach.trace import TraceResult
+from lab.teach.tracedata import TraceResult
 
 _SEVERITY_STYLE = {"ok": "green", "healthy": "green", "info": "cyan", "warning": "yellow", "critical": "bold red"}
 

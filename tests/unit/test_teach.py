@@ -18,7 +18,7 @@ from lab.teach.elblog import parse_line
 from lab.teach.explain import explain
 from lab.teach.flows import parse_xml
 from lab.teach.nftrace import parse_monitor, ruleset
-from lab.teach.trace import Hop, TraceResult
+from lab.teach.tracedata import Hop, TraceResult
 from lab.toolbox import RuleCounter
 from tests.conftest import TOPOLOGIES
 

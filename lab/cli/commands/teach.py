@@ -17,7 +17,8 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
 @command(
     "trace",
     epilog="Examples:\n\n  lab trace accounts\n\n  lab trace catalog --via node --target node-b1\n\n"
-    "  lab trace accounts --target elb-a1 --diagram trace.svg --mermaid\n\n  lab trace accounts --json",
+    "  lab trace accounts --target elb-a1 --diagram trace.svg --mermaid\n\n  lab trace accounts --json\n\n"
+    "  lab trace accounts --save-evidence t.json   then, anywhere:  lab trace accounts --evidence t.json",
 )
 def trace_cmd(
     service: str = typer.Argument(..., help="Service to trace, e.g. accounts."),
@@ -29,6 +30,12 @@ def trace_cmd(
     timeout: float = typer.Option(5.0, "--timeout", help="Connect and RPC timeout in seconds."),
     diagram: Path = typer.Option(None, "--diagram", help="Also draw the path and its AZs into this .svg or .png."),
     show_mermaid: bool = typer.Option(False, "--mermaid", help="Also print the path as a Mermaid flowchart."),
+    save_to: Path = typer.Option(
+        None, "--save-evidence", help="Also write everything the trace read to this JSON file (to share or replay)."
+    ),
+    evidence_in: Path = typer.Option(
+        None, "--evidence", help="Tell a trace again from a file written by --save-evidence (no lab needed)."
+    ),
     name: str = NameOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -36,23 +43,31 @@ def trace_cmd(
 
     A connection that fails is traced too (exit code 0: the trace worked); --json says "ok": false.
     """
-    from lab.teach.diagram import mermaid, render_image
-    from lab.teach.trace import resolve_target, trace
+    from lab.errors import InputError
+    from lab.teach.diagram import mermaid, render_image, trace_json
+    from lab.teach.hops import assemble
+    from lab.teach.trace import load_evidence, resolve_target, save_evidence, trace_evidence
     from lab.teach.views import trace_tree
 
     if diagram is not None and diagram.suffix.lower() not in (".svg", ".png"):
-        from lab.errors import InputError
-
         raise InputError(f"--diagram {diagram}: the file name must end in .svg or .png")
-    lab = Lab.load(name or default_lab_name())
-    tgt = resolve_target(lab, service, via, source, target)  # bad input fails here, before any traffic
-    with progress(f"lab trace {service}", quiet=json_out) as step:
-        step(f"tracing one connection: {tgt.describe()}")
-        result = trace(lab, service, via, tgt.source.name, tgt.hop, timeout)
+    if evidence_in is not None:
+        evidence = load_evidence(evidence_in)  # told again from a recording: no lab, no traffic
+        if evidence.service != service:
+            raise InputError(f"--evidence {evidence_in}: it traced service '{evidence.service}', not '{service}'")
+    else:
+        lab = Lab.load(name or default_lab_name())
+        tgt = resolve_target(lab, service, via, source, target)  # bad input fails here, before any traffic
+        with progress(f"lab trace {service}", quiet=json_out) as step:
+            step(f"tracing one connection: {tgt.describe()}")
+            evidence = trace_evidence(lab, service, via, tgt.source.name, tgt.hop, timeout)
+    if save_to is not None:
+        save_evidence(evidence, save_to)
+    result = assemble(evidence)
     if diagram is not None:
         render_image(result, diagram)
     if json_out:
-        print_json(result.to_json())
+        print_json(trace_json(result))
     else:
         console.print(trace_tree(result), soft_wrap=False)
         if show_mermaid:
