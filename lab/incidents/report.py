@@ -147,7 +147,16 @@ def plot_figure(figure: Figure, match: dict[str, Any], run: RunData | None, out:
         return False
     fig, ax = plt.subplots(figsize=(8, 3.2))
     xs = [i * period / 60 for i in range(len(lab))]
-    ax.plot(xs, lab, marker=".", color="#9467bd", label=f"lab: {match['hypothesis']} {point_text(match['point'])}")
+    # the lab dashed on top: where it lies on the incident's line both stay visible
+    ax.plot(
+        xs,
+        lab,
+        marker=".",
+        linestyle="--",
+        color="#9467bd",
+        zorder=3,
+        label=f"lab: {match['hypothesis']} {point_text(match['point'])}",
+    )
     if figure.series:
         t0 = figure.series[0].t
         obs_x = [(p.t - t0).total_seconds() / 60 for p in figure.series]
