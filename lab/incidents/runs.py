@@ -158,5 +158,5 @@ def _sweep_axes(sweep: list[str], expand: Callable[[list[str]], list[list[str]]]
     for item in sweep:
         for assignment in expand([item]):
             key, value = assignment[0].split("=", 1)
-            axes.setdefault(key, []).append(value)
+            axes.setdefault(key, []).append(value)  # text, as `--set` takes it: 320 stays 320
     return axes

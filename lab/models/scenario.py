@@ -15,7 +15,7 @@ Stat = Literal["per_minute", "sum", "mean", "max", "min", "last", "value"]
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 OBSERVATIONS = ("O1", "O2", "O3", "O4", "O5")
 # A sweep value is one scalar: it becomes a KEY=VALUE override, as `--set` takes it.
-SweepValue = Annotated[StrictBool | StrictInt | FiniteFloat | str, Field(union_mode="left_to_right")]
+SweepValue = Annotated[StrictBool | StrictInt | str | FiniteFloat, Field(union_mode="left_to_right")]
 SWEEP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
 MAX_SWEEP_POINTS = 64
 

@@ -97,3 +97,10 @@ def test_validate_checks_every_point(tmp_path):
     assert "sweep point elb.nodes_per_az=99" in line
     ok = CliRunner().invoke(app, ["scenario", "validate", str(write(tmp_path, SWEPT))])
     assert ok.exit_code == 0 and "4 sweep point(s)" in ok.output
+
+
+def test_values_keep_their_text(tmp_path):
+    text = SWEPT.replace("[1, 6]", "[1, '6']").replace("[10, 20.5]", "[0.5, '20']")
+    points = expand_sweep(write(tmp_path, text))
+    assert points[-1].point == ("elb.nodes_per_az=6", "phases.steady.load.rate=20")
+    assert points[0].point == ("elb.nodes_per_az=1", "phases.steady.load.rate=0.5")
