@@ -6,10 +6,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from ruamel.yaml import YAML
 
 from lab.errors import InputError
-from lab.incidents.cloudwatch import Series
+from lab.incidents.cloudwatch import Series, read_export
 from lab.models.incident import FIGURE_METRICS, Conditions, Figure, Incident
 from lab.models.yamlio import read_yaml, validate_data
 
@@ -70,3 +71,43 @@ def incident_yaml(incident: Incident) -> str:
     yaml.width = 120
     yaml.dump(data, out)
     return out.getvalue()
+
+
+def import_export(
+    files: list[Path],
+    output: Path,
+    metric: str,
+    conditions: dict[str, Any],
+    statistic: str | None = None,
+    period: int | None = None,
+    result_id: str | None = None,
+    figure_id: str = "imported",
+    title: str = "Imported CloudWatch series",
+) -> tuple[Figure, Series]:
+    """Read a CloudWatch export, add it as a series figure to `output` (made if missing), write it back."""
+    texts = []
+    for f in files:
+        try:
+            texts.append(f.read_text())
+        except OSError as exc:
+            raise InputError(f"{f}: cannot read: {exc.strerror}") from None
+    source = ", ".join(str(f) for f in files)
+    series = read_export(texts, source, statistic, result_id)
+    try:
+        where = Conditions.model_validate(conditions)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        option = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+        raise InputError(f"{option} {err.get('input')!s}: {err['msg']}") from None
+    figure = figure_from_series(
+        series, figure_id, metric, statistic or series.statistic or "Sum", period, where, source
+    )
+    if output.exists():
+        incident = load_incident(output)
+        if any(f.id == figure.id for f in incident.figures):
+            raise InputError(f"{output}: already has a figure '{figure.id}'; choose another --figure")
+        incident = incident.model_copy(update={"figures": [*incident.figures, figure]})
+    else:
+        incident = Incident(title=title, figures=[figure])
+    output.write_text(incident_yaml(incident))
+    return figure, series

@@ -266,6 +266,12 @@ def test_import_errors_are_one_line(tmp_path):
         )
     )
     assert "missing.json: cannot read" in line
+    line = single_error(
+        runner.invoke(
+            app, ["incident", "import", fixture, "--metric", "elb.RequestCount", "--phase", "busy", "-o", str(out)]
+        )
+    )
+    assert line == "Error: --phase busy: Input should be 'idle', 'load' or 'after-load'"
     assert not out.exists()
 
 

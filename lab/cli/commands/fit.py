@@ -9,11 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from lab.cli.app import app, command, console, print_json, progress
-from lab.errors import InputError
-from lab.incidents.cloudwatch import read_export
-from lab.incidents.files import figure_from_series, incident_yaml, load_incident
+from lab.incidents.files import import_export, load_incident
 from lab.incidents.runs import run_fit
-from lab.models.incident import Conditions, Incident
 
 incident_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Incident files: validate them, import CloudWatch exports."
@@ -117,27 +114,10 @@ def import_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Incident file to write (a figure is added if it exists)."),
 ) -> None:
     """Turn a CloudWatch export into a figure of an incident file (time series, its statistic and period)."""
-    texts = []
-    for f in files:
-        try:
-            texts.append(f.read_text())
-        except OSError as exc:
-            raise InputError(f"{f}: cannot read: {exc.strerror}") from None
-    source = ", ".join(str(f) for f in files)
-    series = read_export(texts, source, statistic, result_id)
-    conditions = Conditions.model_validate({"phase": phase, "instances": instances, "cross_zone": cross_zone})
-    stat = statistic or series.statistic or "Sum"
-    figure = figure_from_series(series, figure_id, metric, stat, period, conditions, source)
-    if output.exists():
-        inc = load_incident(output)
-        if any(f.id == figure.id for f in inc.figures):
-            raise InputError(f"{output}: already has a figure '{figure.id}'; choose another --figure")
-        inc = Incident.model_validate(
-            {**inc.model_dump(), "figures": [*inc.model_dump()["figures"], figure.model_dump()]}
-        )
-    else:
-        inc = Incident(title=title, figures=[figure])
-    output.write_text(incident_yaml(inc))
-    console.print(f"{output}: figure '{figure.id}': {len(series.points)} points, {stat} per {figure.periods[0]} s")
+    conditions = {"phase": phase, "instances": instances, "cross_zone": cross_zone}
+    figure, series = import_export(files, output, metric, conditions, statistic, period, result_id, figure_id, title)
+    console.print(
+        f"{output}: figure '{figure.id}': {len(series.points)} points, {figure.statistic} per {figure.periods[0]} s"
+    )
     for w in series.warnings:
         console.print(f"warning: {w}")
