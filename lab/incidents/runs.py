@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import InputError
+from lab.incidents import fit as fitting
+from lab.incidents import report
+from lab.incidents.files import load_incident
 from lab.incidents.fit import RunData
 from lab.metrics.recorder import read_series
 from lab.scenarios.loader import LoadedScenario, expand_sweep
+from lab.scenarios.matrix import expand_sets
 from lab.scenarios.runner import RunOptions, run_scenario
 
 Progress = Callable[[str], None]
@@ -110,16 +114,11 @@ def run_fit(
     progress: Progress = lambda _m: None,
 ) -> dict[str, Any]:
     """Run the hypotheses (the named scenarios, else the incident's own list), or reuse recorded runs, fit, report."""
-    from lab.incidents import fit as fitting
-    from lab.incidents import report
-    from lab.incidents.files import load_incident
-    from lab.scenarios.matrix import expand_sets
-
     incident = load_incident(incident_path)
     runs: list[RunData] = []
     for d in reuse:
         runs += read_runs(d)
-    axes = _sweep_axes(sweep, expand_sets)
+    axes = _sweep_axes(sweep)
     if scenarios:
         hypotheses = [(s, axes) for s in scenarios]
     elif not reuse:
@@ -150,13 +149,13 @@ def run_fit(
     return {**report.plain(result), "meta": meta, "files": files}
 
 
-def _sweep_axes(sweep: list[str], expand: Callable[[list[str]], list[list[str]]]) -> dict[str, list[Any]] | None:
+def _sweep_axes(sweep: list[str]) -> dict[str, list[Any]] | None:
     """`--sweep k=1,6 --sweep j=x` -> {k: [1, 6], j: [x]} (values as `--set` takes them), or None."""
     if not sweep:
         return None
     axes: dict[str, list[Any]] = {}
     for item in sweep:
-        for assignment in expand([item]):
+        for assignment in expand_sets([item]):
             key, value = assignment[0].split("=", 1)
             axes.setdefault(key, []).append(value)  # text, as `--set` takes it: 320 stays 320
     return axes

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from lab.cli.app import app, command, console, print_json, progress
 from lab.incidents.files import import_export, load_incident
+from lab.incidents.report import error_text, point_text, value_text
 from lab.incidents.runs import run_fit
 
 incident_app = typer.Typer(
@@ -53,8 +54,6 @@ def fit_cmd(
     table = Table(title=f"Fit of {incident}", title_justify="left")
     for col in ("figure", "observed", "best hypothesis and parameters", "lab value", "error", "within"):
         table.add_column(col, overflow="fold")
-    from lab.incidents.report import error_text, point_text, value_text
-
     for row in result["table"]:
         m = row["match"]
         if m is None:
