@@ -38,7 +38,7 @@ figures:
     periods: [60, 300]
     value: "~108"
     conditions: {phase: idle, instances: 3}
-    sources: [made up for the test: 3 instances x 6 ELB nodes x 6 checks a minute]
+    sources: ["made up for the test: 3 instances x 6 ELB nodes x 6 checks a minute"]
 """
 
 
