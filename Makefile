@@ -8,8 +8,10 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: setup demo test test-deps test-unit test-integration test-kind lint bench clean distclean
 
+# Ends with `lab doctor --brief`: the problems it finds (programs with their package, root, kernel) and a verdict.
 setup: $(STAMP) $(VENV)/bin/lab-nfqdelay
 	@./scripts/install-system-deps.sh
+	@$(SUDO) $(LAB) doctor --brief
 
 # The userspace delay path for kernels without sch_netem (lab.faults); rebuilt when its source changes.
 $(VENV)/bin/lab-nfqdelay: tools/nfqdelay.c $(STAMP)

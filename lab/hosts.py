@@ -20,9 +20,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lab.errors import LabError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -254,3 +257,34 @@ def pids_in_netns(paths: Sequence[str]) -> dict[str, list[int]]:
         if ino in wanted:
             found[wanted[ino]].append(int(entry.name))
     return found
+
+
+def netns_iproute(path: str) -> IPRoute:
+    """A pyroute2 IPRoute bound to the namespace at `path`, for use from the calling thread only.
+
+    The netlink socket is opened by a thread inside the namespace and handed to pyroute2
+    (use_socket): no fork, and pyroute2 refuses use from another thread rather than opening a
+    socket in this process's own namespace. (IPRoute(netns=...) would also create a missing
+    namespace by default.)
+    """
+    from pyroute2 import IPRoute  # imported at use for start-up speed (most commands never need netlink)
+
+    with NetnsThread(path) as t:
+        sock = t.call(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
+    return IPRoute(use_socket=sock)
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """A process's command line from /proc ([] when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def is_zombie(pid: int) -> bool:
+    """The process has exited and waits to be reaped (or is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

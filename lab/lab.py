@@ -1,68 +1,42 @@
-"""A lab as the commands above the backends see it: its topology, address plan, hosts and state."""
+"""A lab as the layers above the backends see it: the declared lab (lab.spec) with its backend and its hosts."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
 
+from lab.backends import get_backend
+from lab.backends.base import Backend
 from lab.errors import InputError, LabStateError
 from lab.hosts import Host
 from lab.models.topology import Topology
-from lab.render.plan import NetworkPlan, build_plan
+from lab.spec import LabSpec
 from lab.state import LabState, all_labs, check_lab_name
-
-if TYPE_CHECKING:
-    from lab.backends.base import Backend
 
 
 @dataclass
-class Lab:
-    name: str
-    topology: Topology
-    backend_name: str = "netns"
-    time_scale: float = 1.0
-    source: str = ""  # the topology file it came from
-
-    @cached_property
-    def state(self) -> LabState:
-        return LabState(self.name)
-
-    @cached_property
-    def plan(self) -> NetworkPlan:
-        return build_plan(self.topology)
+class Lab(LabSpec):
+    """The runtime handle: what a LabSpec declares, reached through its backend. The backend owns the hosts (and
+    knows when they change, e.g. a kind pod's new sandbox); the handle only asks it."""
 
     @cached_property
     def backend(self) -> Backend:
-        from lab.backends import get_backend
-
         return get_backend(self.backend_name)
 
-    @cached_property
+    @property
     def hosts(self) -> dict[str, Host]:
         return self.backend.hosts(self)
 
     def host(self, name: str) -> Host:
+        hosts = self.hosts
         try:
-            return self.hosts[name]
+            return hosts[name]
         except KeyError:
-            raise InputError(f"lab '{self.name}' has no host '{name}'; hosts: {', '.join(self.hosts)}") from None
+            raise InputError(f"lab '{self.name}' has no host '{name}'; hosts: {', '.join(hosts)}") from None
 
     def hosts_by_role(self, role: str) -> list[Host]:
         return [h for h in self.hosts.values() if h.role == role]
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return self.state.read_info() or {}
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "backend": self.backend_name,
-            "time_scale": self.time_scale,
-            "source": self.source,
-            "topology": self.topology.model_dump(mode="json"),
-        }
 
     @classmethod
     def load(cls, name: str) -> Lab:
@@ -77,19 +51,33 @@ class Lab:
         status = info.get("status")
         if status != "up":
             raise LabStateError(f"lab '{name}' is {status}, not up; run `lab clean` then `lab up`")
-        lab = cls(
+        return cls(
             name=name,
             topology=Topology.model_validate(info["topology"]),
             backend_name=info.get("backend", "netns"),
             time_scale=float(info.get("time_scale", 1.0)),
             source=info.get("source", ""),
         )
-        return lab
+
+
+LAB_NAME_ENV = "LAB_NAME"
+DEFAULT_LAB_NAME = "default"
+
+
+def env_lab_name() -> str | None:
+    """$LAB_NAME, checked, or None when it is unset or empty."""
+    name = os.environ.get(LAB_NAME_ENV, "").strip()
+    if not name:
+        return None
+    try:
+        return check_lab_name(name)
+    except InputError as exc:
+        raise InputError(f"${LAB_NAME_ENV}: {exc}") from None
 
 
 def default_lab_name() -> str:
-    """The one lab that is up, else 'default'. Commands take --name to choose."""
-    up = [s.name for s in all_labs() if (s.read_info() or {}).get("status") == "up"]
-    if len(up) == 1:
-        return up[0]
-    return "default"
+    """The lab a command acts on without --name: $LAB_NAME if set, else 'default'.
+
+    Never "the lab that is up": with a test suite's lab up, a bare `lab down` must not destroy it.
+    """
+    return env_lab_name() or DEFAULT_LAB_NAME

@@ -6,19 +6,18 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lab.backends import get_backend
+from lab.backends.base import Progress
 from lab.errors import InputError, LabError, LabStateError
 from lab.haproxy_stats import instance_health, show_stat
-from lab.lab import Lab
+from lab.lab import Lab, default_lab_name, env_lab_name
 from lab.models.topology import Topology
-from lab.models.yamlio import load_model
+from lab.spec import default_topology_path, load_topology
 from lab.state import LabState, all_labs, check_lab_name
-
-Progress = Callable[[str], None]
 
 
 class Interrupted(LabError):
@@ -42,17 +41,6 @@ def signals_as_interrupts() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def load_topology(path: Path, overrides: list[str] | None = None) -> Topology:
-    topo = load_model(Topology, path, overrides)
-    try:
-        from lab.render.plan import build_plan
-
-        build_plan(topo)  # capacity problems surface now, not halfway through `up`
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    return topo
-
-
 def prepare(
     topology: Path,
     name: str | None = None,
@@ -66,6 +54,36 @@ def prepare(
     lab_name = check_lab_name(name or topo.name)
     get_backend(backend)  # unknown backend: fail before anything else
     return Lab(name=lab_name, topology=topo, backend_name=backend, time_scale=time_scale, source=str(topology))
+
+
+def topology_of(path: Path | None, overrides: list[str], lab_name: str | None) -> tuple[Topology, float]:
+    """(topology, ELB timer scale) a read-only command looks at: the file `path` (with --set overrides), else
+    the lab named by `lab_name` or $LAB_NAME, else the default lab when it is up, else topologies/default.yaml."""
+    if path is not None:
+        return load_topology(path, overrides), 1.0
+    if overrides:
+        raise InputError("--set needs -t FILE (a running lab's topology is fixed)")
+    named = lab_name or env_lab_name()
+    try:
+        lab = Lab.load(named or default_lab_name())
+    except LabStateError:
+        if named:
+            raise
+        return load_topology(default_topology_path()), 1.0
+    return lab.topology, lab.time_scale
+
+
+def dry_run(lab: Lab) -> dict[str, Any]:
+    """What `up` would create and apply, for machines: the lab's description and the backend's plan, one
+    entry per section of its text (namespaces, network, rules per node, haproxy.cfg per ELB node, ...)."""
+    sections: list[dict[str, Any]] = []
+    for line in lab.backend.plan_text(lab).splitlines():
+        if line.startswith("## "):  # the backends' plan text heads each section so
+            sections.append({"title": line[3:], "lines": []})
+        elif sections:
+            sections[-1]["lines"].append(line)
+    plan = [{"title": s["title"], "text": "\n".join(s["lines"]).strip("\n") + "\n"} for s in sections]
+    return {**lab.describe(), "dry_run": True, "plan": plan}
 
 
 def up(lab: Lab, progress: Progress = lambda _msg: None) -> dict[str, Any]:
@@ -114,7 +132,7 @@ def down(name: str) -> dict[str, Any]:
 
 def _end_faults(state: LabState) -> None:
     """The lab's faults end with it: stop their reverters (the rest goes with the namespaces)."""
-    from lab.faults import teardown
+    from lab.faults import teardown  # imported at use for start-up speed
 
     with contextlib.suppress(OSError, LabError, ValueError):
         teardown(state)
@@ -165,7 +183,7 @@ def status(name: str) -> dict[str, Any]:
         out["processes"] = []
         out["problem"] = str(exc)
     out["elb"] = elb_view(lab)
-    from lab import faults  # faults build on lifecycle; imported here to keep that direction
+    from lab import faults  # imported at use for start-up speed (faults sit below lifecycle)
 
     out["faults"] = faults.status(lab, active_only=True)
     return out

@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.errors import InputError
+from lab.models.common import LAB_NAME_LONGEST, check_name
 
 STATE_ROOT = Path(os.environ.get("LAB_STATE_ROOT", "/run/lab"))
 NETNS_PREFIX = "lab."  # every namespace is lab.<lab>.<host>: the dot never occurs in lab or host names
-LAB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 
 
 def check_lab_name(name: str) -> str:
-    if not LAB_NAME.match(name):
-        raise InputError(
-            f"lab name {name!r} is invalid: use 1-16 lowercase letters, digits or '-', starting with a letter"
-        )
-    return name
+    """The lab name rule, the same as a topology's `name` (lab.models.common.LabName)."""
+    try:
+        return check_name(name, LAB_NAME_LONGEST)
+    except ValueError as exc:
+        raise InputError(f"lab name {name!r} is invalid: {str(exc).split('; got')[0]}") from None
+
+
+def _is_lab_name(name: str) -> bool:
+    try:
+        check_name(name, LAB_NAME_LONGEST)
+    except ValueError:
+        return False
+    return True
 
 
 def netns_name(lab: str, host: str) -> str:
@@ -128,4 +135,4 @@ class LabState:
 def all_labs() -> list[LabState]:
     if not STATE_ROOT.is_dir():
         return []
-    return [LabState(p.name) for p in sorted(STATE_ROOT.iterdir()) if p.is_dir() and LAB_NAME.match(p.name)]
+    return [LabState(p.name) for p in sorted(STATE_ROOT.iterdir()) if p.is_dir() and _is_lab_name(p.name)]

@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
 # Install the Debian packages the lab drives (idempotent: a quick no-op when all are present).
-# --test: also what only the test suite needs (busybox-static and Debian's Docker engine for the
-# container-namespace fault test); `make demo` and everyday use never install Docker.
+# What to install comes from lab/programs.txt, the one list of every external program the project runs:
+# scopes lab and build always; --test adds scope test and the optional programs Debian packages (busybox-static
+# and Debian's Docker engine for the container-namespace fault test); `make demo` and everyday use never install
+# Docker. --list prints the packages this invocation wants (one a line) and installs nothing.
 set -euo pipefail
 for_tests=false
-[ "${1:-}" = "--test" ] && for_tests=true
+list_only=false
+for arg in "$@"; do
+  case "$arg" in
+    --test) for_tests=true ;;
+    --list) list_only=true ;;
+    *) echo "Error: unknown option $arg; use --test and/or --list" >&2; exit 1 ;;
+  esac
+done
+registry="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lab/programs.txt"
+[ -r "$registry" ] || { echo "Error: $registry is missing; run this script from a clone of the repository" >&2; exit 1; }
 
-packages=(
-  haproxy          # the ELB nodes
-  iptables         # kube-proxy's rules (iptables-restore), faults
-  nftables         # nft, to read rules and for tracing
-  conntrack        # conntrack -L/-S/-I/-R: node metrics and the exhaustion fault
-  iproute2         # ip, tc, ss, nstat
-  tcpdump          # independent checks in tests, the trace command
-  procps           # sysctl, pgrep
-  util-linux       # nsenter
-  kmod             # modprobe for optional kernel modules
-  libnetfilter-queue-dev  # the userspace delay path when the kernel lacks sch_netem
-  gcc libc6-dev    # to build that small NFQUEUE helper
-  python3-venv
-)
-if $for_tests; then
-  packages+=(busybox-static)  # the tiny local image of the container-namespace fault test (no registry needed)
+packages=()
+while read -r program package scope _purpose; do
+  case "$program" in ''|'#'*) continue ;; esac
+  [ "$package" = "-" ] && continue                # not in Debian (kind, kubectl): docs/kind.md
+  [ "$package" = "docker.io" ] && continue        # below: only where no engine is installed
+  case "$scope" in
+    lab|build) packages+=("$package") ;;
+    test|optional) $for_tests && packages+=("$package") ;;
+    *) echo "Error: $registry: unknown scope '$scope' for $program; use lab, build, test or optional" >&2; exit 1 ;;
+  esac
+done < "$registry"
+packages=($(printf '%s\n' "${packages[@]}" | sort -u))
+if $list_only; then
+  printf '%s\n' "${packages[@]}"
+  if $for_tests; then echo docker.io; fi
+  exit 0
 fi
 
 missing=()

@@ -29,6 +29,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_collection_finish(session):
+    """With the integration tier selected, as root: stop at once, with `lab doctor`'s report, when the machine
+    lacks something the tests need (rather than failing tests one by one later)."""
+    if not IS_ROOT or not any("root" in item.keywords for item in session.items):
+        return
+    from lab.doctor import examine
+
+    report = examine(tests=True)
+    if not report.ok:
+        pytest.exit(
+            f"this machine cannot run the integration tests (lab doctor --tests):\n{report.text(brief=True)}", 1
+        )
+
+
 GOLDEN = REPO / "tests" / "golden"
 
 

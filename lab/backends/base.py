@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from lab.hosts import Host
 
 if TYPE_CHECKING:
-    from lab.lab import Lab
+    from lab.spec import LabSpec
     from lab.state import LabState
 
 Progress = Callable[[str], None]
@@ -18,35 +18,37 @@ Progress = Callable[[str], None]
 class Backend(Protocol):
     name: str
 
-    def preflight(self, lab: Lab) -> None:
+    def preflight(self, lab: LabSpec) -> None:
         """Raise EnvironmentProblem naming what is missing; create nothing."""
 
-    def plan_text(self, lab: Lab) -> str:
+    def plan_text(self, lab: LabSpec) -> str:
         """Everything `up` would create and apply, as text (for --dry-run)."""
 
-    def build(self, lab: Lab, progress: Progress) -> None:
+    def build(self, lab: LabSpec, progress: Progress) -> None:
         """Create the lab. Every resource is journaled in lab.state before it is created."""
 
-    def hosts(self, lab: Lab) -> dict[str, Host]:
+    def hosts(self, lab: LabSpec) -> dict[str, Host]:
         """Every host of a built lab, by name."""
 
-    def processes(self, lab: Lab) -> list[dict[str, Any]]:
+    def processes(self, lab: LabSpec) -> list[dict[str, Any]]:
         """The lab's long-running processes (ELB nodes, pods) and their state."""
 
-    def elb_stats_socket(self, lab: Lab, elb: str) -> Path:
+    def elb_stats_socket(self, lab: LabSpec, elb: str) -> Path:
         """The unix stats socket of an ELB node's HAProxy, reachable from this machine."""
 
-    def control_pod(self, lab: Lab, pod: str, action: str, overrides: dict[str, Any] | None = None) -> None:
+    def control_pod(self, lab: LabSpec, pod: str, action: str, overrides: dict[str, Any] | None = None) -> None:
         """stop | start | restart one pod's server (overrides: backlog, accept_delay)."""
 
-    def sync_kube_proxy(self, lab: Lab, nodes: list[str], endpoints: dict | None = None, topology: Any = None) -> None:
+    def sync_kube_proxy(
+        self, lab: LabSpec, nodes: list[str], endpoints: dict | None = None, topology: Any = None
+    ) -> None:
         """Re-sync kube-proxy's chains on nodes as kube-proxy would after a change (endpoints or Service
         spec: `topology` stands in for the API's view) and delete the per-service chains it no longer renders."""
 
-    def elb_config(self, lab: Lab, elb: str) -> str:
+    def elb_config(self, lab: LabSpec, elb: str) -> str:
         """The running configuration text of an ELB node's HAProxy."""
 
-    def set_elb_config(self, lab: Lab, elb: str, text: str) -> None:
+    def set_elb_config(self, lab: LabSpec, elb: str, text: str) -> None:
         """Replace an ELB node's HAProxy configuration and restart it; returns once it is ready."""
 
     def destroy(self, state: LabState) -> list[str]:

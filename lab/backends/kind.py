@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.backends.base import Progress
+from lab.backends.elbnode import install_accounting
 from lab.errors import EnvironmentProblem, InputError, LabError, LabStateError
-from lab.hosts import Host, pids_in_netns
+from lab.hosts import Host, netns_iproute, pids_in_netns
 from lab.render import kind as render
+from lab.render.accounting import instances_of
 from lab.render.haproxy import render_haproxy
 from lab.state import LabState, all_labs
 
 if TYPE_CHECKING:
-    from lab.lab import Lab
+    from lab.spec import LabSpec
 
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
 KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"  # kind's own label on its node containers
@@ -117,14 +119,17 @@ def docker_reachable() -> str | None:
 class KindBackend:
     name = "kind"
 
+    def __init__(self) -> None:
+        self._hosts: tuple[str, dict[str, Host]] | None = None  # (lab, hosts) until a container or pod changes
+
     # --- checks and plans (no side effects) ---
 
-    def check_topology(self, lab: Lab) -> None:
+    def check_topology(self, lab: LabSpec) -> None:
         problem = render.unsupported(lab.topology)
         if problem:
             raise InputError(f"{lab.source or 'topology'}: {problem}")
 
-    def preflight(self, lab: Lab) -> None:
+    def preflight(self, lab: LabSpec) -> None:
         self.check_topology(lab)
         missing = [tool for tool in TOOLS if shutil.which(tool) is None]
         if missing:
@@ -145,7 +150,7 @@ class KindBackend:
         if docker("network", "inspect", names.network, check=False):
             raise LabStateError(f"Docker network {names.network} exists; run `lab clean` or choose another --name")
 
-    def plan_text(self, lab: Lab) -> str:
+    def plan_text(self, lab: LabSpec) -> str:
         self.check_topology(lab)
         return render.plan_text(
             lab.topology,
@@ -160,7 +165,7 @@ class KindBackend:
 
     # --- build ---
 
-    def build(self, lab: Lab, progress: Progress) -> None:
+    def build(self, lab: LabSpec, progress: Progress) -> None:
         topo, plan, state = lab.topology, lab.plan, lab.state
         names = render.KindNames(lab.name)
         image = service_image()
@@ -186,7 +191,7 @@ class KindBackend:
         progress("mapping kind workers to topology nodes")
         node_map = self._map_nodes(lab)
         state.path("kind-nodes.json").write_text(json.dumps(node_map, indent=2))
-        hosts = self.hosts(lab, pods=False)
+        hosts = self._find_hosts(lab, pods=False)
         progress("adding each node's plan address and sysctls (inside the node containers' namespaces)")
         self._setup_nodes(lab, hosts)
 
@@ -206,7 +211,7 @@ class KindBackend:
         self.release_elbs(lab, [e.name for e in topo.elb_nodes])
         self._wait_elbs(lab)
 
-    def prepare_elb(self, lab: Lab, elb: str) -> render.Command:
+    def prepare_elb(self, lab: LabSpec, elb: str) -> render.Command:
         """Write an ELB node's haproxy.cfg and make its run directory; return the docker command that starts it."""
         spec = next(e for e in lab.topology.elb_nodes if e.name == elb)
         inside, outside = render.haproxy_paths(lab.state.dir, elb)
@@ -217,19 +222,15 @@ class KindBackend:
         (cfg_dir / "haproxy.cfg").write_text(render_haproxy(lab.topology, lab.plan, spec, inside, lab.time_scale))
         return render.elb_command(lab.topology, lab.plan, lab.name, lab.state.dir, elb)
 
-    def release_elbs(self, lab: Lab, elbs: list[str]) -> None:
-        """Instrument each ELB node's namespace (lab.metrics' backend-connection accounting), then let its HAProxy
-        start, so counting starts at zero as on the netns backend."""
-        from lab.metrics.accounting import Instance, install
-
-        lab.__dict__.pop("hosts", None)  # the containers exist now
+    def release_elbs(self, lab: LabSpec, elbs: list[str]) -> None:
+        """Instrument each ELB node's namespace (the backend-connection accounting lab.metrics reads), then let its
+        HAProxy start, so counting starts at zero as on the netns backend."""
+        self._forget_hosts()  # the containers exist now
         for name in elbs:
-            spec = next(e for e in lab.topology.elb_nodes if e.name == name)
-            targets = [Instance(n.name, str(lab.plan.ip(n.name))) for n in lab.topology.elb_targets(spec)]
-            install(lab.host(name), targets)
+            install_accounting(self.hosts(lab)[name], instances_of(lab.topology, lab.plan, name))
             lab.state.path("elb", name, render.ELB_START_FILE).touch()
 
-    def _map_nodes(self, lab: Lab) -> dict[str, str]:
+    def _map_nodes(self, lab: LabSpec) -> dict[str, str]:
         """Topology node -> kind node (= container) name, from the node label set in the kind config."""
         out = run(self._kubectl(lab, "get", "nodes", "-o", "json"), timeout=60).stdout
         mapping = {}
@@ -242,7 +243,7 @@ class KindBackend:
             raise LabError(f"kind workers for {', '.join(missing)} did not register; see `kind export logs`")
         return mapping
 
-    def _setup_nodes(self, lab: Lab, hosts: dict[str, Host]) -> None:
+    def _setup_nodes(self, lab: LabSpec, hosts: dict[str, Host]) -> None:
         sysctls: dict[str, dict[str, str]] = {}
         for host, key, value in lab.plan.sysctls:
             sysctls.setdefault(host, {})[key] = value
@@ -250,7 +251,7 @@ class KindBackend:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda node: setup_node(hosts[node], sysctls.get(node, {})), nodes))
 
-    def _wait_elbs(self, lab: Lab, elbs: list[str] | None = None) -> None:
+    def _wait_elbs(self, lab: LabSpec, elbs: list[str] | None = None) -> None:
         from lab.haproxy_stats import show_stat
 
         deadline = time.monotonic() + ELB_READY_TIMEOUT
@@ -269,7 +270,7 @@ class KindBackend:
                         raise LabError(f"ELB node {elb.name} did not start: {_tail(logs) or 'no log'}") from None
                     time.sleep(0.2)
 
-    def _kubectl(self, lab: Lab, *args: str) -> list[str]:
+    def _kubectl(self, lab: LabSpec, *args: str) -> list[str]:
         return ["kubectl", "--kubeconfig", str(lab.state.path("kubeconfig")), *args]
 
     # --- running lab ---
@@ -280,7 +281,16 @@ class KindBackend:
         proc = run(["docker", "inspect", *containers], check=False, timeout=30)
         return {c["Name"].lstrip("/"): c for c in json.loads(proc.stdout or "[]")}
 
-    def hosts(self, lab: Lab, pods: bool = True) -> dict[str, Host]:
+    def hosts(self, lab: LabSpec) -> dict[str, Host]:
+        """Every host, found in Docker and the cluster (cached until this backend changes a container or pod)."""
+        if self._hosts is None or self._hosts[0] != lab.name:
+            self._hosts = (lab.name, self._find_hosts(lab))
+        return self._hosts[1]
+
+    def _forget_hosts(self) -> None:
+        self._hosts = None
+
+    def _find_hosts(self, lab: LabSpec, pods: bool = True) -> dict[str, Host]:
         topo, plan = lab.topology, lab.plan
         names = render.KindNames(lab.name)
         try:
@@ -321,14 +331,14 @@ class KindBackend:
             out.update(self._pod_hosts(lab, pids))
         return out
 
-    def _get(self, lab: Lab, what: str) -> list[dict[str, Any]]:
+    def _get(self, lab: LabSpec, what: str) -> list[dict[str, Any]]:
         args = ("get", what, "--all-namespaces", "-l", "app.kubernetes.io/part-of=k8s-elb-lab", "-o", "json")
         return json.loads(run(self._kubectl(lab, *args), timeout=60).stdout)["items"]
 
-    def _pods(self, lab: Lab) -> list[dict[str, Any]]:
+    def _pods(self, lab: LabSpec) -> list[dict[str, Any]]:
         return self._get(lab, "pods")
 
-    def _pod_hosts(self, lab: Lab, node_pids: dict[str, int | None]) -> dict[str, Host]:
+    def _pod_hosts(self, lab: LabSpec, node_pids: dict[str, int | None]) -> dict[str, Host]:
         topo = lab.topology
         out: dict[str, Host] = {}
         by_node: dict[str, dict[str, str]] = {}  # node -> pod IP -> lab pod name
@@ -348,7 +358,7 @@ class KindBackend:
                 out[name] = Host(name, "pod", path, az=topo.node(node).az, ip=ip, node=node, service=pod.service)
         return out
 
-    def processes(self, lab: Lab) -> list[dict[str, Any]]:
+    def processes(self, lab: LabSpec) -> list[dict[str, Any]]:
         names = render.KindNames(lab.name)
         procs = []
         found = self._inspect([names.container(e.name) for e in lab.topology.elb_nodes])
@@ -368,10 +378,10 @@ class KindBackend:
         deployments = self._get(lab, "deployments")
         return procs + pod_views(lab.topology, deployments, self._pods(lab))
 
-    def elb_stats_socket(self, lab: Lab, elb: str) -> Path:
+    def elb_stats_socket(self, lab: LabSpec, elb: str) -> Path:
         return render.haproxy_paths(lab.state.dir, elb)[1].stats_socket
 
-    def control_pod(self, lab: Lab, pod: str, action: str, overrides: dict[str, Any] | None = None) -> None:
+    def control_pod(self, lab: LabSpec, pod: str, action: str, overrides: dict[str, Any] | None = None) -> None:
         spec = next((p for p in lab.topology.pods if p.name == pod), None)
         if spec is None:
             raise InputError(f"lab '{lab.name}' has no pod '{pod}'")
@@ -395,9 +405,11 @@ class KindBackend:
         else:
             status = ("rollout", "status", "deployment", pod, f"--timeout={POD_READY_TIMEOUT:g}s")
             run(self._kubectl(lab, *ns, *status), timeout=POD_READY_TIMEOUT + 10)
-        lab.__dict__.pop("hosts", None)  # the pod has a new sandbox: a new namespace and address
+        self._forget_hosts()  # the pod has a new sandbox: a new namespace and address
 
-    def sync_kube_proxy(self, lab: Lab, nodes: list[str], endpoints: dict | None = None, topology: Any = None) -> None:
+    def sync_kube_proxy(
+        self, lab: LabSpec, nodes: list[str], endpoints: dict | None = None, topology: Any = None
+    ) -> None:
         """On kind the API is real: apply the changed Services and let each node's kube-proxy re-sync itself."""
         if endpoints is not None:
             raise LabError(
@@ -405,7 +417,7 @@ class KindBackend:
                 "of rewriting endpoints"
             )
         topo = topology if topology is not None else lab.topology
-        hosts = lab.hosts
+        hosts = self.hosts(lab)
         before = {n: hosts[n].run(["iptables-save", "-t", "nat"]).stdout for n in nodes}
         docs = [d for d in render.manifests(topo, lab.plan, service_image()) if d["kind"] != "Deployment"]
         run(self._kubectl(lab, "apply", "-f", "-"), input=render.to_yaml(docs))
@@ -423,16 +435,16 @@ class KindBackend:
                 f"kube-proxy on {', '.join(sorted(pending))} did not re-sync within {KUBE_PROXY_SYNC_TIMEOUT:g}s"
             )
 
-    def elb_config(self, lab: Lab, elb: str) -> str:
+    def elb_config(self, lab: LabSpec, elb: str) -> str:
         return lab.state.path("elb", elb, "haproxy.cfg").read_text()
 
-    def set_elb_config(self, lab: Lab, elb: str, text: str) -> None:
+    def set_elb_config(self, lab: LabSpec, elb: str, text: str) -> None:
         path = lab.state.path("elb", elb, "haproxy.cfg")
         tmp = path.with_suffix(".tmp")  # same directory: the container sees the new file through its mount
         tmp.write_text(text)
         os.replace(tmp, path)
         # The container's loop restarts HAProxy in the same namespace; a container restart would make a new one.
-        running = haproxy_pids(lab.host(elb))
+        running = haproxy_pids(self.hosts(lab)[elb])
         for pid in running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -597,8 +609,6 @@ def setup_node(host: Host, sysctls: dict[str, str]) -> None:
 
     The ELB nodes health-check and send to the plan address; kube-proxy's NodePort rules match any local address.
     """
-    from lab.backends.netns import netns_iproute
-
     with netns_iproute(host.netns) as ipr:
         eth0 = ipr.link_lookup(ifname="eth0")
         if not eth0:
@@ -616,8 +626,6 @@ def pod_netns_by_ip(node_pid: int, pod_ips: set[str]) -> dict[str, str]:
     live in the node's mount namespace, which /proc/<node pid>/root reaches. /var/run is a symlink there and
     an absolute symlink would resolve on this machine, so the path avoids it.
     """
-    from lab.backends.netns import netns_iproute
-
     found: dict[str, str] = {}
     root = Path(f"/proc/{node_pid}/root")
     for directory in (root / "run" / "netns", root / "var" / "run" / "netns"):

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 from pyroute2 import IPRoute
 
 from lab.backends.base import Progress
+from lab.backends.elbnode import install_accounting
 from lab.errors import EnvironmentProblem, InputError, LabError, LabStateError
-from lab.hosts import Host, NetnsThread, create_netns, delete_netns, pids_in_netns
-from lab.metrics.elb import ensure_accounting as install_elb_accounting
+from lab.hosts import Host, create_netns, delete_netns, is_zombie, netns_iproute, pids_in_netns, process_cmdline
 from lab.models.topology import all_cidrs
+from lab.render.accounting import instances_of
 from lab.render.haproxy import HaproxyPaths, render_haproxy
 from lab.render.kubeproxy import render_node, stale_chains
 from lab.render.plan import describe
@@ -36,7 +36,7 @@ from lab.runtime import control
 from lab.state import NETNS_PREFIX, LabState, netns_name, split_netns_name
 
 if TYPE_CHECKING:
-    from lab.lab import Lab
+    from lab.spec import LabSpec
 
 NETNS_DIR = Path("/run/netns")
 TAG_PREFIX = "lab:"  # ifalias of lo in every namespace the lab creates: "lab:<lab name>"
@@ -65,9 +65,12 @@ def haproxy_paths(state: LabState, elb: str) -> HaproxyPaths:
 class NetnsBackend:
     name = "netns"
 
+    def __init__(self) -> None:
+        self._hosts: tuple[str, dict[str, Host]] | None = None
+
     # --- checks and plans (no side effects) ---
 
-    def preflight(self, lab: Lab) -> None:
+    def preflight(self, lab: LabSpec) -> None:
         if os.geteuid() != 0:
             raise EnvironmentProblem("the netns backend needs root (it creates network namespaces): run with sudo")
         missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
@@ -75,7 +78,7 @@ class NetnsBackend:
             raise EnvironmentProblem(f"missing Debian packages: {', '.join(missing)}; run `make setup`")
         check_host_routes(lab)
 
-    def plan_text(self, lab: Lab) -> str:
+    def plan_text(self, lab: LabSpec) -> str:
         topo, plan, state = lab.topology, lab.plan, lab.state
         out = [f"# lab '{lab.name}' (backend netns) from {lab.source or 'topology'}", ""]
         out.append("## namespaces")
@@ -97,7 +100,7 @@ class NetnsBackend:
 
     # --- build ---
 
-    def build(self, lab: Lab, progress: Progress) -> None:
+    def build(self, lab: LabSpec, progress: Progress) -> None:
         state, plan, topo = lab.state, lab.plan, lab.topology
         paths = {h.name: str(NETNS_DIR / netns_name(lab.name, h.name)) for h in plan.hosts}
         state.record("netns", names=[netns_name(lab.name, h) for h in paths])
@@ -124,7 +127,10 @@ class NetnsBackend:
 
         progress(f"applying kube-proxy ({topo.kube_proxy.flavour}) rules on {len(topo.k8s_nodes)} nodes")
         apply_kube_proxy(lab, [n.name for n in topo.k8s_nodes], first=True)
-        install_elb_accounting(lab)  # BackendConnectionErrors are counted by each ELB node's kernel (lab.metrics)
+        # BackendConnectionErrors are counted by each ELB node's kernel (lab.render.accounting, read by lab.metrics)
+        elbs = [(hosts[e.name], instances_of(topo, plan, e.name)) for e in topo.elb_nodes]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda item: install_accounting(*item), elbs))
 
         progress(f"starting {len(topo.elb_nodes)} ELB nodes (HAProxy) and {len(topo.pods)} pods")
         for elb in topo.elb_nodes:
@@ -162,7 +168,7 @@ class NetnsBackend:
                     ) from None
                 time.sleep(0.01)
 
-    def _wait_ready(self, lab: Lab) -> None:
+    def _wait_ready(self, lab: LabSpec) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         pending: list[str] = []
         while time.monotonic() < deadline:
@@ -185,43 +191,41 @@ class NetnsBackend:
 
     # --- running lab ---
 
-    def hosts(self, lab: Lab) -> dict[str, Host]:
-        out = {}
-        for h in lab.plan.hosts:
-            out[h.name] = Host(
-                name=h.name,
-                role=h.role,
-                netns=str(NETNS_DIR / netns_name(lab.name, h.name)),
-                az=h.az,
-                ip=str(h.ip) if h.ip else None,
-                node=h.node,
-                service=h.service,
-            )
-        return out
+    def hosts(self, lab: LabSpec) -> dict[str, Host]:
+        # Namespaces are named after the plan, so the hosts never change while the lab is up.
+        if self._hosts is None or self._hosts[0] != lab.name:
+            self._hosts = (lab.name, netns_hosts(lab))
+        return self._hosts[1]
 
-    def processes(self, lab: Lab) -> list[dict[str, Any]]:
+    def processes(self, lab: LabSpec) -> list[dict[str, Any]]:
         return control.request(lab.state.control_socket, {"cmd": "status"})["processes"]
 
-    def elb_stats_socket(self, lab: Lab, elb: str) -> Path:
+    def elb_stats_socket(self, lab: LabSpec, elb: str) -> Path:
         return haproxy_paths(lab.state, elb).stats_socket
 
-    def control_pod(self, lab: Lab, pod: str, action: str, overrides: dict[str, Any] | None = None) -> None:
+    def control_pod(self, lab: LabSpec, pod: str, action: str, overrides: dict[str, Any] | None = None) -> None:
         req: dict[str, Any] = {"cmd": action, "name": f"pod/{pod}"}
         if overrides is not None:
             req["overrides"] = overrides
         control.request(lab.state.control_socket, req)
-        if action in ("start", "restart"):
-            deadline = time.monotonic() + READY_TIMEOUT
-            while time.monotonic() < deadline:
-                procs = {p["name"]: p for p in self.processes(lab)}
-                if procs[f"pod/{pod}"]["ready"]:
-                    return
-                time.sleep(0.02)
+        if action in ("start", "restart") and not self._ready_within(lab, f"pod/{pod}", READY_TIMEOUT):
             raise LabError(f"pod {pod} did not become ready")
 
-    def sync_kube_proxy(self, lab: Lab, nodes: list[str], endpoints: dict | None = None, topology: Any = None) -> None:
+    def _ready_within(self, lab: LabSpec, process: str, timeout: float) -> bool:
+        """Wait until the supervisor reports `process` (e.g. pod/accounts-0) ready; False if it is not in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            procs = {p["name"]: p for p in self.processes(lab)}
+            if procs[process]["ready"]:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def sync_kube_proxy(
+        self, lab: LabSpec, nodes: list[str], endpoints: dict | None = None, topology: Any = None
+    ) -> None:
         topo = topology if topology is not None else lab.topology
-        hosts = lab.hosts
+        hosts = self.hosts(lab)
 
         def sync(node: str) -> None:
             rules = render_node(topo, lab.plan, node, endpoints)
@@ -232,21 +236,17 @@ class NetnsBackend:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(sync, nodes))
 
-    def elb_config(self, lab: Lab, elb: str) -> str:
+    def elb_config(self, lab: LabSpec, elb: str) -> str:
         return lab.state.path("run", f"{elb}.haproxy.cfg").read_text()
 
-    def set_elb_config(self, lab: Lab, elb: str, text: str) -> None:
+    def set_elb_config(self, lab: LabSpec, elb: str, text: str) -> None:
         path = lab.state.path("run", f"{elb}.haproxy.cfg")
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
         control.request(lab.state.control_socket, {"cmd": "restart", "name": f"elb/{elb}"})
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            procs = {p["name"]: p for p in self.processes(lab)}
-            if procs[f"elb/{elb}"]["ready"]:
-                return
-            time.sleep(0.01)
+        if self._ready_within(lab, f"elb/{elb}", READY_TIMEOUT):
+            return
         raise LabError(
             f"ELB node {elb} did not come back after its configuration changed; {_last_log_line(lab, f'elb/{elb}')}"
         )
@@ -276,7 +276,7 @@ class NetnsBackend:
         return sorted(lab for lab in _tagged_namespaces() if not LabState(lab).exists())
 
 
-def _last_log_line(lab: Lab, process: str) -> str:
+def _last_log_line(lab: LabSpec, process: str) -> str:
     spec = next((p for p in process_specs(lab) if p["name"] == process), None)
     if spec is None:
         return "no log"
@@ -289,7 +289,7 @@ def _last_log_line(lab: Lab, process: str) -> str:
     return (alerts[-1].strip() if alerts else "empty log") + f" (log: {path})"
 
 
-def process_specs(lab: Lab) -> list[dict[str, Any]]:
+def process_specs(lab: LabSpec) -> list[dict[str, Any]]:
     """What the supervisor runs: one HAProxy per ELB node, one Thrift server per pod."""
     state, plan, topo = lab.state, lab.plan, lab.topology
     specs: list[dict[str, Any]] = []
@@ -326,9 +326,25 @@ def process_specs(lab: Lab) -> list[dict[str, Any]]:
     return specs
 
 
-def apply_kube_proxy(lab: Lab, nodes: list[str], first: bool = False, endpoints: dict | None = None) -> None:
+def netns_hosts(lab: LabSpec) -> dict[str, Host]:
+    """Every host of the lab: one network namespace each, named after the plan."""
+    return {
+        h.name: Host(
+            name=h.name,
+            role=h.role,
+            netns=str(NETNS_DIR / netns_name(lab.name, h.name)),
+            az=h.az,
+            ip=str(h.ip) if h.ip else None,
+            node=h.node,
+            service=h.service,
+        )
+        for h in lab.plan.hosts
+    }
+
+
+def apply_kube_proxy(lab: LabSpec, nodes: list[str], first: bool = False, endpoints: dict | None = None) -> None:
     """(Re)sync kube-proxy's chains on nodes, as kube-proxy does: iptables-restore --noflush."""
-    hosts = lab.hosts
+    hosts = netns_hosts(lab)
 
     def apply(node: str) -> None:
         rules = render_node(lab.topology, lab.plan, node, endpoints)
@@ -340,7 +356,7 @@ def apply_kube_proxy(lab: Lab, nodes: list[str], first: bool = False, endpoints:
         list(pool.map(apply, nodes))
 
 
-def _wire(lab: Lab, paths: dict[str, str]) -> None:
+def _wire(lab: LabSpec, paths: dict[str, str]) -> None:
     """Bridges, veth pairs, addresses and routes of the plan, with as few netlink round trips as we can."""
     plan = lab.plan
     iprs: dict[str, IPRoute] = {}
@@ -396,7 +412,7 @@ def _wire(lab: Lab, paths: dict[str, str]) -> None:
             conn.close()
 
 
-def check_host_routes(lab: Lab) -> None:
+def check_host_routes(lab: LabSpec) -> None:
     """The lab's CIDRs must not overlap the host's routes (read only), or captures and traces would mislead."""
     with IPRoute() as ipr:
         routes = ipr.get_routes(family=2, table=254)
@@ -413,19 +429,6 @@ def check_host_routes(lab: Lab) -> None:
                     f"{lab.source or 'topology'}: {field} {cidr} overlaps this host's route {net}; "
                     f"choose another CIDR (e.g. --set {field}=...)"
                 )
-
-
-def netns_iproute(path: str) -> IPRoute:
-    """A pyroute2 IPRoute bound to the namespace at `path`, for use from the calling thread only.
-
-    The netlink socket is opened by a thread inside the namespace and handed to pyroute2
-    (use_socket): no fork, and pyroute2 refuses use from another thread rather than opening a
-    socket in this process's own namespace. (IPRoute(netns=...) would also create a missing
-    namespace by default.)
-    """
-    with NetnsThread(path) as t:
-        sock = t.call(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
-    return IPRoute(use_socket=sock)
 
 
 def _tagged_namespaces() -> dict[str, list[str]]:
@@ -467,16 +470,14 @@ def _stop_supervisor(state: LabState) -> None:
 
 def _is_supervisor(pid: int, state: LabState) -> bool:
     """True only for a live supervisor of this lab (a recycled pid must not be killed)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    cmdline = process_cmdline(pid)
+    if not cmdline:
         return False
-    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+    if is_zombie(pid):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # our own child (lab up in this process): reap it
         return False
-    return SUPERVISOR_MODULE.encode() in cmdline and str(state.dir).encode() in cmdline
+    return SUPERVISOR_MODULE in cmdline and str(state.dir) in cmdline
 
 
 def _kill_processes_in(paths: list[str]) -> None:

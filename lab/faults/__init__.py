@@ -1,8 +1,9 @@
 """Faults: the incident's hypotheses as injectable, revertible changes to a running lab.
 
-Call `apply`, `revert`, `status` and `list_kinds` (lab.faults.engine); `teardown` runs before a lab is removed.
+Call `apply` (`apply_to` for a lab by name), `revert`, `status` and `list_kinds` (lab.faults.engine);
+`teardown` runs before a lab is removed.
 """
 
-from lab.faults.engine import apply, check, list_kinds, revert, status, teardown
+from lab.faults.engine import apply, apply_to, check, list_kinds, revert, status, teardown
 
-__all__ = ["apply", "check", "list_kinds", "revert", "status", "teardown"]
+__all__ = ["apply", "apply_to", "check", "list_kinds", "revert", "status", "teardown"]

@@ -15,17 +15,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lab.errors import InputError, LabError, LabStateError
 from lab.faults.kinds import KINDS, get_kind
-from lab.faults.model import APPLYING, INJECTED, NOT_INJECTED, FaultRecord, Step, parse_params, show_params
-from lab.faults.ops import OPS, cmdline, find_helpers, run_quietly, stop_pids
+from lab.faults.model import APPLYING, INJECTED, NOT_INJECTED, FaultRecord, Step, param_docs, parse_params, show_params
+from lab.faults.ops import OPS, find_helpers, run_quietly, stop_pids
 from lab.faults.store import FaultStore
+from lab.hosts import process_cmdline
+from lab.lab import Lab
 from lab.state import LabState
-
-if TYPE_CHECKING:
-    from lab.lab import Lab
 
 MAX_DURATION = 7 * 86400.0
 REVERTER_MODULE = "lab.faults.reverter"
@@ -36,9 +35,10 @@ def list_kinds() -> list[dict[str, Any]]:
     out = []
     for kind in KINDS.values():
         params = []
-        for name, field in kind.params.model_fields.items():
+        for doc in param_docs(kind.params):
+            field = kind.params.model_fields[doc["name"]]
             default = field.get_default(call_default_factory=True)
-            params.append({"name": name, "default": default, "help": field.description or ""})
+            params.append({**doc, "default": default, "default_text": doc["default"]})
         out.append(
             {
                 "kind": kind.name,
@@ -194,6 +194,21 @@ def apply(
         return {"fault": view(rec), "already": False}
 
 
+def apply_to(
+    lab_name: str,
+    kind_name: str,
+    target: str | None = None,
+    params: list[str] | None = None,
+    duration: float | None = None,
+    dry_run: bool = False,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """apply() on the lab named `lab_name` (`lab fault apply`): a bad kind or parameter is reported before the
+    lab is looked up, so the message is about the fault even when no lab is up."""
+    check(kind_name, params)
+    return apply(Lab.load(lab_name), kind_name, target, params, duration, dry_run, progress)
+
+
 def _undo(lab: Lab, rec: FaultRecord) -> list[str]:
     """Revert every step that may have changed something, last first; errors are collected, not raised."""
     errors = []
@@ -288,7 +303,7 @@ def _spawn_reverter(lab: Lab, rec: FaultRecord) -> int:
 
 
 def _is_reverter(pid: int, lab_name: str, fid: int) -> bool:
-    cmd = cmdline(pid)
+    cmd = process_cmdline(pid)
     return REVERTER_MODULE in cmd and lab_name in cmd and str(fid) in cmd
 
 

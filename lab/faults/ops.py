@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from lab.errors import EnvironmentProblem, LabError
 from lab.faults.model import Step
-from lab.hosts import Host, NamespaceGone, pids_in_netns
+from lab.hosts import Host, NamespaceGone, is_zombie, netns_iproute, pids_in_netns, process_cmdline
 
 if TYPE_CHECKING:
     from lab.lab import Lab
@@ -138,19 +138,12 @@ class IptablesChain(Op):
 # --- helper processes living in a lab namespace ---------------------------------------------------------------
 
 
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 def find_helpers(host: Host, marker: list[str]) -> list[int]:
     """Processes in the host's namespace whose command line contains `marker` (found even after a crash)."""
     pids = pids_in_netns([host.netns]).get(host.netns, [])
     out = []
     for pid in pids:
-        cmd = cmdline(pid)
+        cmd = process_cmdline(pid)
         if all(m in cmd for m in marker):
             out.append(pid)
     return out
@@ -163,22 +156,15 @@ def stop_pids(pids: list[int], grace: float = 2.0) -> None:
     deadline = time.monotonic() + grace
     for pid in pids:
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            if _zombie(pid):
+            if is_zombie(pid):
                 break
             time.sleep(0.005)
-        if Path(f"/proc/{pid}").exists() and not _zombie(pid):
+        if Path(f"/proc/{pid}").exists() and not is_zombie(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     for pid in pids:  # our own children (a helper started by this process): reap them
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def helper_binary() -> str:
@@ -260,8 +246,6 @@ class Qdisc(Op):
     name = "tc"
 
     def _ipr(self, host: Host):
-        from lab.backends.netns import netns_iproute
-
         return netns_iproute(host.netns)
 
     def capture(self, lab: Lab, step: Step) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class LoadSpec:
         if self.pool < 1:
             raise InputError(f"--pool must be >= 1, got {self.pool}")
         if not (0 < self.connect_timeout <= 600) or not (0 < self.timeout <= 600):
-            raise InputError("--connect-timeout and --timeout must be > 0 ms and at most 600000 ms")
+            raise InputError("--connect-timeout and --timeout must be > 0 and at most 10m")
         if self.method not in wire.METHODS:
             raise InputError(f"--method {self.method!r}: choose one of {', '.join(wire.METHODS)}")
         if self.payload < 0 or self.payload > 16 * 1024 * 1024:

@@ -3,7 +3,8 @@
 CloudWatch's BackendConnectionErrors counts every connection the ELB failed to establish with an
 instance, health checks and retries included. HAProxy's counters cannot give that (`chkfail` stops once
 a server is DOWN, so an instance that is down for good would show no error floor), so the ELB node's
-kernel counts instead, with iptables rules in the ELB namespace (works on any Host handle):
+kernel counts instead, with iptables rules in the ELB namespace (lab.render.accounting renders them, every
+backend installs them before HAProxy starts, and this module reads them on any Host handle):
 
 - attempt:     the first SYN of each new connection to the instance (`! --ctstatus CONFIRMED`: SYN
                retransmits of the same attempt are not new attempts);
@@ -20,76 +21,11 @@ ELB's conntrack table after 10 s, so the instrument never fills the ELB node's t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lab.hosts import Host
+from lab.render.accounting import COMMENT
 from lab.toolbox import parse_iptables_counters
-
-CHAIN_OUT = "LAB-ELB-ATTEMPTS"
-CHAIN_IN = "LAB-ELB-ANSWERS"
-CHAIN_NOTRACK = "LAB-ELB-NOTRACK"
-COMMENT = "lab-elb"
-# The instrument's own conntrack entries need not outlive their connections for long (not modelled state).
-ELB_CONNTRACK_SYSCTLS = {
-    "net.netfilter.nf_conntrack_tcp_timeout_time_wait": "10",
-    "net.netfilter.nf_conntrack_tcp_timeout_close": "10",
-    "net.netfilter.nf_conntrack_tcp_timeout_fin_wait": "10",
-    "net.netfilter.nf_conntrack_tcp_timeout_close_wait": "10",
-    "net.netfilter.nf_conntrack_tcp_timeout_last_ack": "10",
-}
-
-
-@dataclass(frozen=True)
-class Instance:
-    name: str
-    ip: str
-
-
-def render_rules(instances: Iterable[Instance]) -> str:
-    """iptables-restore --noflush input creating the accounting chains (counters start at zero). Pure."""
-    insts = list(instances)
-    out = ["*raw", f":{CHAIN_NOTRACK} - [0:0]"]
-    out.append(f"-A PREROUTING -j {CHAIN_NOTRACK}")
-    out.append(f"-A OUTPUT -j {CHAIN_NOTRACK}")
-    for i in insts:
-        out.append(f"-A {CHAIN_NOTRACK} -s {i.ip}/32 -j RETURN")
-        out.append(f"-A {CHAIN_NOTRACK} -d {i.ip}/32 -j RETURN")
-    out.append(f'-A {CHAIN_NOTRACK} -m comment --comment "{COMMENT} client side: not tracked" -j CT --notrack')
-    out += ["COMMIT", "*filter", f":{CHAIN_OUT} - [0:0]", f":{CHAIN_IN} - [0:0]"]
-    out.append(f"-A OUTPUT -p tcp -j {CHAIN_OUT}")
-    out.append(f"-A INPUT -p tcp -j {CHAIN_IN}")
-    for i in insts:
-        out.append(
-            f"-A {CHAIN_OUT} -d {i.ip}/32 -p tcp --syn -m conntrack ! --ctstatus CONFIRMED "
-            f'-m comment --comment "{COMMENT} attempt {i.name}"'
-        )
-        out.append(
-            f"-A {CHAIN_IN} -s {i.ip}/32 -p tcp --tcp-flags SYN,ACK SYN,ACK "
-            f"-m connbytes --connbytes 1:1 --connbytes-dir reply --connbytes-mode packets "
-            f'-m comment --comment "{COMMENT} established {i.name}"'
-        )
-        out.append(
-            f"-A {CHAIN_IN} -s {i.ip}/32 -p tcp --tcp-flags RST RST "
-            f"-m connbytes --connbytes 1:1 --connbytes-dir reply --connbytes-mode packets "
-            f'-m comment --comment "{COMMENT} refused {i.name}"'
-        )
-    out.append("COMMIT")
-    return "\n".join(out) + "\n"
-
-
-def installed(host: Host) -> bool:
-    text = host.run(["iptables-save", "-t", "filter"], timeout=20).stdout
-    return f"-j {CHAIN_OUT}" in text
-
-
-def install(host: Host, instances: Iterable[Instance]) -> bool:
-    """Install the accounting rules in an ELB node once (idempotent: never resets counters). True if installed now."""
-    if installed(host):
-        return False
-    host.run(["iptables-restore", "--noflush"], input=render_rules(instances), timeout=20)
-    host.set_sysctls(ELB_CONNTRACK_SYSCTLS)
-    return True
 
 
 @dataclass

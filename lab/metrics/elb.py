@@ -19,13 +19,12 @@ Each metric comes as CloudWatch gives it: `all` (the whole ELB: Sum for counts, 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from lab.haproxy_stats import instance_health, show_stat
 from lab.hosts import Host
-from lab.metrics.accounting import BackendCounts, ErrorSeries, Instance, install, read_counts
+from lab.metrics.accounting import BackendCounts, ErrorSeries, read_counts
 from lab.render.haproxy import HEALTH_BACKEND
 
 METRICS = (
@@ -102,26 +101,11 @@ class ElbSampler:
         self.elbs = {e.name: e for e in topo.elb_nodes}
         self.targets = {e.name: {n.name: str(plan.ip(n.name)) for n in topo.elb_targets(e)} for e in topo.elb_nodes}
 
-    def ensure_accounting(self) -> None:
-        """Install the kernel accounting in every ELB node that lacks it (in parallel; counters never reset)."""
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            jobs = [
-                pool.submit(install, self.lab.host(name), [Instance(n, ip) for n, ip in ips.items()])
-                for name, ips in self.targets.items()
-            ]
-            for job in jobs:
-                job.result()
-
     def sample(self, name: str, t: float) -> ElbNodeSample:
         host: Host = self.lab.host(name)
         counts = read_counts(host, self.targets[name])
         stats = parse_stats(show_stat(self.lab.backend.elb_stats_socket(self.lab, name)))
         return ElbNodeSample(t=t, az=self.elbs[name].az, backend=counts, **stats)
-
-
-def ensure_accounting(lab) -> None:
-    """Backends call this while building a lab, before the ELB nodes start, so counting starts at zero."""
-    ElbSampler(lab).ensure_accounting()
 
 
 def _dims(per_node: dict[str, float], azs: dict[str, str], average: bool = False) -> dict[str, Any]:

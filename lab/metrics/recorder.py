@@ -129,7 +129,6 @@ class Recorder:
             self.clients.append(client)
 
     def start(self) -> None:
-        self.elb.ensure_accounting()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w")  # noqa: SIM115  (closed in stop)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
-from lab.models.common import Name, Strict
+from lab.models.common import Float, Name, Strict, Text
 
 Statistic = Literal["Sum", "Average", "Minimum", "Maximum", "SampleCount"]
-Period = Literal[60, 300]
+Period = Annotated[
+    Literal[60, 300], WithJsonSchema({"type": "integer", "enum": [60, 300], "minimum": 60, "maximum": 300})
+]
+# The figures' metrics are counts, ratios and latencies: never negative.
+Observed = Float(0, 1e15)
 PhaseCondition = Literal["idle", "load", "after-load"]
 
 # The figures the lab can compute, and the statistics that make sense for each. ELB counters and host
@@ -57,14 +61,7 @@ class Conditions(Strict):
 
 class SeriesPoint(Strict):
     t: datetime
-    v: float
-
-    @field_validator("v")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("not a finite number")
-        return v
+    v: Observed
 
 
 class Figure(Strict):
@@ -79,8 +76,8 @@ class Figure(Strict):
         min_length=1,
         description="CloudWatch period(s) in seconds; give both 60 and 300 when the source does not say",
     )
-    value: float | str | None = Field(None, description='A number, or "~300" / "~1,000" / "~15k" / "~10%"')
-    tolerance: float | None = Field(None, gt=0, le=10, description='Relative; "~" alone means 0.15')
+    value: Observed | Text(40) | None = Field(None, description='A number, or "~300" / "~1,000" / "~15k" / "~10%"')
+    tolerance: float | None = Field(None, ge=0.001, le=10, description='Relative; "~" alone means 0.15')
     abs_tolerance: float | None = Field(None, ge=0, le=1e9, description="Absolute (for figures of ~0)")
     at_least: float | None = Field(None, ge=0, le=1e12, description="Only a lower bound is known")
     at_most: float | None = Field(None, ge=0, le=1e12, description="Only an upper bound is known")

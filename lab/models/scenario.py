@@ -6,16 +6,25 @@ import itertools
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, FiniteFloat, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
-from lab.models.common import Duration, Name, Strict
+from lab.models.common import DurationIn, Float, Int, Name, Strict, Text
 
 PhaseKind = Literal["idle", "ramp", "steady", "recovery"]
 Stat = Literal["per_minute", "sum", "mean", "max", "min", "last", "value"]
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 OBSERVATIONS = ("O1", "O2", "O3", "O4", "O5")
+DAY = 86400.0
+MAX_RATE = 100_000.0  # requests per second; far beyond what the load generator sends on this machine
+# A scenario is a timeline run on one machine: phases of up to a day, faults within them.
+PhaseDuration = DurationIn(1, DAY)
+Setting = Text(200)  # one KEY=VALUE override
+# Metrics are counts, ratios and latencies: never negative, and a billion is beyond any run's count.
+Figure = Float(0, 1e9)
 # A sweep value is one scalar: it becomes a KEY=VALUE override, as `--set` takes it.
-SweepValue = Annotated[StrictBool | StrictInt | str | FiniteFloat, Field(union_mode="left_to_right")]
+SweepValue = Annotated[
+    StrictBool | Int(-(10**9), 10**9) | Text(200) | Float(-1e12, 1e12), Field(union_mode="left_to_right")
+]
 SWEEP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
 MAX_SWEEP_POINTS = 64
 
@@ -28,29 +37,33 @@ def sweep_text(value: Any) -> str:
 
 
 class TopologyRef(Strict):
-    file: str = Field(description="Topology YAML, relative to the scenario file or to topologies/")
-    set: list[str] = Field(default_factory=list, description="Overrides, KEY=VALUE, as `lab up --set`")
+    file: Text(500) = Field(description="Topology YAML, relative to the scenario file or to topologies/")
+    set: list[Setting] = Field(
+        default_factory=list, max_length=50, description="Overrides, KEY=VALUE, as `lab up --set`"
+    )
 
 
 class Workload(Strict):
     service: Name
-    rate: float = Field(gt=0, le=100000, description="Requests per second (open loop)")
-    rate_end: float | None = Field(None, gt=0, le=100000, description="Ramp: the rate at the end of the phase")
+    rate: Float(0.01, MAX_RATE) = Field(description="Requests per second (open loop)")
+    rate_end: Float(0.01, MAX_RATE) | None = Field(None, description="Ramp: the rate at the end of the phase")
     connections: Literal["per-request", "pooled"] = "per-request"
-    pool: int = Field(8, ge=1, le=4096)
-    connect_timeout: Duration = 1.0
-    timeout: Duration = 2.0
+    pool: Int(1, 4096) = Field(8, description="pooled: connections kept open")
+    connect_timeout: DurationIn(0.01, 60) = Field(1.0, description="A connect slower than this is a timeout")
+    timeout: DurationIn(0.01, 300) = Field(2.0, description="A call slower than this is a timeout")
     method: Literal["ping", "echo", "work"] = "ping"
-    payload: int = Field(0, ge=0, le=16 * 1024 * 1024, description="echo: bytes; work: milliseconds")
+    payload: Int(0, 16 * 1024 * 1024) = Field(0, description="echo: bytes; work: milliseconds")
     via: Literal["elb", "node", "pod"] = "elb"
 
 
 class FaultStep(Strict):
-    kind: str = Field(description="A fault kind (lab fault list)")
-    target: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    at: Duration = Field(0.0, description="Applied this long after the phase starts")
-    for_: Duration | None = Field(None, alias="for", description="Reverted after this long (default: see until)")
+    kind: Text(40) = Field(description="A fault kind (lab fault list)")
+    target: Text(40) | None = Field(None, description="What it acts on, as `--target` (lab fault list)")
+    params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters (lab fault list)")
+    at: DurationIn(0, DAY) = Field(0.0, description="Applied this long after the phase starts")
+    for_: DurationIn(0.1, DAY) | None = Field(
+        None, alias="for", description="Reverted after this long (default: see until)"
+    )
     until: Literal["phase-end", "scenario-end"] = Field(
         "phase-end", description="Without `for`: revert at the end of this phase or of the whole scenario"
     )
@@ -61,14 +74,12 @@ class FaultStep(Strict):
 class Phase(Strict):
     name: Name
     kind: PhaseKind
-    duration: Duration
+    duration: PhaseDuration = Field(description="How long the phase lasts")
     load: Workload | None = None
-    faults: list[FaultStep] = Field(default_factory=list)
+    faults: list[FaultStep] = Field(default_factory=list, max_length=20)
 
     @model_validator(mode="after")
     def _shape(self) -> Phase:
-        if self.duration <= 0:
-            raise ValueError("@duration: a phase must last more than 0 s")
         if self.kind in ("idle", "recovery") and self.load is not None:
             raise ValueError(f"@load: an {self.kind} phase has no workload; use steady or ramp")
         if self.kind in ("steady", "ramp") and self.load is None:
@@ -84,18 +95,18 @@ class Phase(Strict):
 class MetricRef(Strict):
     """One number taken from a run: a metric over a phase, summarised by a statistic."""
 
-    metric: str = Field(description="A recorded metric, e.g. elb.BackendConnectionErrors (lab scenario metrics)")
+    metric: Text(80) = Field(description="A recorded metric, e.g. elb.BackendConnectionErrors (lab scenario metrics)")
     phase: Name
     stat: Stat | None = Field(None, description="per_minute|sum (counters), mean|max|min|last (gauges), value")
     variant: Name | None = Field(None, description="Which variant's run (default: every variant)")
 
 
 class Expectation(MetricRef):
-    op: Op | None = None
-    value: float | None = None
-    between: tuple[float, float] | None = None
+    op: Op | None = Field(None, description="Compare with `value`")
+    value: Figure | None = None
+    between: tuple[Figure, Figure] | None = Field(None, description="[low, high], both included (instead of op)")
     of: MetricRef | None = Field(None, description="Ratio: this metric divided by `of` (e.g. 9 vs 3 instances)")
-    why: str = ""
+    why: Text(500) = Field("", description="Shown in reports")
 
     @model_validator(mode="after")
     def _predicate(self) -> Expectation:
@@ -111,24 +122,29 @@ class Expectation(MetricRef):
 class Scenario(Strict):
     """One hypothesis, replayed end to end."""
 
-    title: str = Field(min_length=3)
-    hypothesis: str = Field(min_length=10, description="What this scenario claims explains the seed's graphs")
-    signature: str = Field("", description="What the hypothesis predicts the graphs look like")
+    title: Text(200) = Field(min_length=3, description="A short name for reports (at least 3 characters)")
+    hypothesis: Text(4000) = Field(min_length=10, description="What this scenario claims explains the seed's graphs")
+    signature: Text(4000) = Field("", description="What the hypothesis predicts the graphs look like")
     observations: list[Literal["O1", "O2", "O3", "O4", "O5"]] = Field(
         default_factory=list, description="Seed observations this hypothesis claims to explain"
     )
-    topology: TopologyRef
-    variants: dict[Name, list[str]] = Field(
-        default_factory=dict, description="Run the timeline once per variant, each with these extra overrides"
-    )
-    quick: QuickSettings | None = None
-    sweep: dict[str, list[SweepValue]] = Field(
+    topology: TopologyRef = Field(description="The lab it runs on")
+    variants: dict[Name, list[Setting]] = Field(
         default_factory=dict,
+        max_length=10,
+        description="Run the timeline once per variant, each with these extra overrides",
+    )
+    quick: QuickSettings | None = Field(None, description="How `--quick` runs it")
+    phases: list[Phase] = Field(min_length=1, max_length=50, description="The timeline, one phase after another")
+    expect: list[Expectation] = Field(
+        default_factory=list, max_length=100, description="What a run must measure for the hypothesis to hold"
+    )
+    sweep: dict[Setting, list[SweepValue]] = Field(
+        default_factory=dict,
+        max_length=10,
         description="Parameter axes, run as a grid (one lab per point): a topology override key "
         "(elb.nodes_per_az), or phases.<phase>.load.<field> / phases.<phase>.faults.<i>.params.<param>",
     )
-    phases: list[Phase] = Field(min_length=1)
-    expect: list[Expectation] = Field(default_factory=list)
 
     @field_validator("variants")
     @classmethod
@@ -178,6 +194,12 @@ class Scenario(Strict):
                     raise ValueError(f"@expect[{i}]{where}.variant: unknown variant '{ref.variant}' ({known})")
         return self
 
+    @model_validator(mode="after")
+    def _length(self) -> Scenario:
+        if self.duration > DAY:
+            raise ValueError(f"@phases: the phases last {self.duration:g}s in all; a scenario lasts at most a day")
+        return self
+
     @property
     def duration(self) -> float:
         return sum(p.duration for p in self.phases)
@@ -189,8 +211,8 @@ class Scenario(Strict):
 class QuickSettings(Strict):
     """How `--quick` runs this scenario: its own time scale and extra overrides (e.g. a smaller table)."""
 
-    time_scale: float = Field(0.1, gt=0, le=1)
-    set: list[str] = Field(default_factory=list)
+    time_scale: Float(0.001, 1) = Field(0.1, description="Timers and phases x this (1: real time)")
+    set: list[Setting] = Field(default_factory=list, max_length=50, description="Extra overrides for quick runs")
 
 
 Scenario.model_rebuild()

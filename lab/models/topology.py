@@ -7,17 +7,51 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from ipaddress import IPv4Network
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from lab.models.common import Duration, Name, Strict
+from lab.models.common import WEEK, DurationIn, Int, LabName, Name, Strict, Text, shown
 
 NODEPORT_RANGE = (30000, 32767)
+# Every node and pod is a network namespace with its own processes on this one machine: the limits keep a lab
+# (and `lab up --dry-run`) within what one machine builds in minutes. The benchmarks' largest lab has 50 nodes.
+MAX_NODES_PER_AZ = 50
+MAX_NODES = 60
+MAX_REPLICAS = 100
+MAX_PODS = 100
+MAX_SERVICES = 20
+HAPROXY_MAXCONN = 8000  # the ELB nodes' global maxconn (lab.render.haproxy)
+CONNTRACK_LIMIT = 1 << 24  # nf_conntrack_max above 16M entries is beyond any node this lab emulates
+LEGACY_UNTIL_MINOR = 11  # kube-proxy 1.5-1.11 has the legacy layout (DOMAIN: "Legacy (~1.5-1.11)")
+
+
+def _az_name(value: object) -> str:
+    if isinstance(value, str) and re.fullmatch(r"[a-z0-9-]{1,24}", value):
+        return value
+    raise ValueError(f"an AZ name is 1-24 lowercase letters, digits or '-', e.g. us-east-1a; got {shown(value)}")
+
+
+def _kubernetes_version(value: object) -> str:
+    if isinstance(value, str) and re.fullmatch(r"1\.\d{1,2}(\.\d{1,3})?", value):
+        return value
+    raise ValueError(f"a Kubernetes version is 1.MINOR or 1.MINOR.PATCH, e.g. 1.28.0 (quote it); got {shown(value)}")
+
+
+def _cidr(value: object) -> object:
+    # ipaddress takes an integer (or a YAML true) as a /32 network: a CIDR block is written as text
+    if isinstance(value, str | IPv4Network):
+        return value
+    raise ValueError(f"expected a CIDR block such as 10.0.0.0/16, got {shown(value)}")
+
+
+Cidr = Annotated[IPv4Network, BeforeValidator(_cidr)]
+AzName = Annotated[str, Field(pattern=r"^[a-z0-9-]{1,24}$"), BeforeValidator(_az_name)]
+KubernetesVersion = Annotated[str, Field(pattern=r"^1\.\d{1,2}(\.\d{1,3})?$"), BeforeValidator(_kubernetes_version)]
 
 
 class Vpc(Strict):
-    cidr: IPv4Network = Field(description="The VPC's CIDR block")
+    cidr: Cidr = Field(description="The VPC's CIDR block")
 
 
 class Vpcs(Strict):
@@ -26,10 +60,10 @@ class Vpcs(Strict):
 
 
 class Az(Strict):
-    name: str = Field(pattern=r"^[a-z0-9-]{1,24}$", description="AZ name, e.g. us-east-1a")
-    nodes: int | None = Field(None, ge=0, le=200, description="Kubernetes nodes here (default: nodes_per_az)")
-    elb_nodes: int | None = Field(None, ge=0, le=8, description="ELB nodes here (default: elb.nodes_per_az)")
-    subnet: IPv4Network | None = Field(None, description="Subnet in the cluster VPC (default: carved from it)")
+    name: AzName = Field(description="AZ name, e.g. us-east-1a")
+    nodes: Int(0, MAX_NODES_PER_AZ) | None = Field(None, description="Kubernetes nodes here (default: nodes_per_az)")
+    elb_nodes: Int(0, 8) | None = Field(None, description="ELB nodes here (default: elb.nodes_per_az)")
+    subnet: Cidr | None = Field(None, description="Subnet in the cluster VPC (default: carved from it)")
 
     @property
     def letter(self) -> str:
@@ -41,10 +75,11 @@ class HealthCheck(Strict):
         "TCP:first-listener",
         description="TCP:first-listener (what Kubernetes' AWS provider sets) or TCP:<port>",
     )
-    interval: Duration = 10.0
-    timeout: Duration = 5.0
-    unhealthy_threshold: int = Field(6, ge=2, le=10)
-    healthy_threshold: int = Field(2, ge=2, le=10)
+    # AWS's ranges for a Classic ELB health check (ConfigureHealthCheck in the ELB API reference).
+    interval: DurationIn(5, 300) = Field(10.0, description="Between checks of one instance (AWS: 5-300 s)")
+    timeout: DurationIn(2, 60) = Field(5.0, description="A check fails after this long (AWS: 2-60 s)")
+    unhealthy_threshold: Int(2, 10) = Field(6, description="Failed checks in a row before out of service")
+    healthy_threshold: Int(2, 10) = Field(2, description="Passed checks in a row before in service again")
 
     @field_validator("target")
     @classmethod
@@ -57,52 +92,48 @@ class HealthCheck(Strict):
 
     @model_validator(mode="after")
     def _timing(self) -> HealthCheck:
-        if self.interval <= 0 or self.timeout <= 0:
-            raise ValueError("health check interval and timeout must be > 0")
         if self.timeout >= self.interval:
             raise ValueError("health check timeout must be shorter than the interval (as on AWS)")
         return self
 
 
 class Listener(Strict):
-    port: int = Field(ge=1, le=65535, description="The ELB's listening port")
+    port: Int(1, 65535) = Field(description="The ELB's listening port")
     service: Name = Field(description="The service this listener forwards to (its NodePort)")
 
 
 class Elb(Strict):
-    nodes_per_az: int = Field(1, ge=0, le=8, description="ELB nodes in each AZ (AWS scales this)")
+    nodes_per_az: Int(0, 8) = Field(1, description="ELB nodes in each AZ (AWS scales this)")
     cross_zone: bool = Field(False, description="Off: an ELB node sends only to instances in its own AZ")
-    idle_timeout: Duration = 60.0
-    connect_timeout: Duration = Field(5.0, description="Backend connect timeout (AWS does not document it)")
-    retries: int = Field(3, ge=0, le=10, description="Backend connect retries on errors, each to another instance")
-    surge_queue: int = Field(1024, ge=0, le=100000, description="Requests queued when instances are saturated")
-    max_connections_per_instance: int | None = Field(
-        None, ge=1, description="Per-instance concurrent connections before the surge queue (default: none)"
+    idle_timeout: DurationIn(1, 4000) = Field(60.0, description="Idle connections are closed (AWS: 1-4000 s)")
+    connect_timeout: DurationIn(0.1, 60) = Field(
+        5.0, description="Backend connect timeout (AWS does not document it; the lab allows 100ms-60s)"
+    )
+    retries: Int(0, 10) = Field(3, description="Backend connect retries on errors, each to another instance")
+    surge_queue: Int(0, 1024) = Field(
+        1024, description="Requests queued when instances are saturated (AWS: at most 1,024)"
+    )
+    max_connections_per_instance: Int(1, HAPROXY_MAXCONN) | None = Field(
+        None, description="Per-instance concurrent connections before the surge queue (default: none)"
     )
     health_check: HealthCheck = HealthCheck()
-    listeners: list[Listener] = Field(min_length=1)
+    listeners: list[Listener] = Field(min_length=1, max_length=MAX_SERVICES)
 
 
 class Service(Strict):
     name: Name
     namespace: Name = "default"
-    port: int = Field(9090, ge=1, le=65535, description="Thrift port on the pod (targetPort)")
-    cluster_port: int | None = Field(None, ge=1, le=65535, description="Service port (default: port)")
-    node_port: int = Field(description="NodePort, 30000-32767")
-    replicas: int = Field(2, ge=0, le=500)
+    port: Int(1, 65535) = Field(9090, description="Thrift port on the pod (targetPort)")
+    cluster_port: Int(1, 65535) | None = Field(None, description="Service port (default: port)")
+    node_port: Int(*NODEPORT_RANGE) = Field(description="NodePort, 30000-32767")
+    replicas: Int(0, MAX_REPLICAS) = 2
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
-    placement: Literal["spread"] | list[str] = Field(
-        "spread", description="spread (least-loaded node first, like the scheduler) or a list of node names"
+    placement: Literal["spread"] | list[Text(40)] = Field(
+        "spread",
+        max_length=MAX_REPLICAS,
+        description="spread (least-loaded node first, like the scheduler) or a list of node names",
     )
-    backlog: int = Field(128, ge=1, le=65535, description="The pods' listen backlog")
-
-    @field_validator("node_port")
-    @classmethod
-    def _node_port(cls, value: int) -> int:
-        low, high = NODEPORT_RANGE
-        if not low <= value <= high:
-            raise ValueError(f"NodePort {value} is outside the NodePort range {low}-{high}")
-        return value
+    backlog: Int(1, 65535) = Field(128, description="The pods' listen backlog")
 
     @property
     def service_port(self) -> int:
@@ -110,14 +141,15 @@ class Service(Strict):
 
 
 class Conntrack(Strict):
-    max: int | None = Field(
-        None, ge=1, description="kube-proxy --conntrack-max: a fixed nf_conntrack_max (else max_per_core x cores, min)"
+    max: Int(1, CONNTRACK_LIMIT) | None = Field(
+        None, description="kube-proxy --conntrack-max: a fixed nf_conntrack_max (else max_per_core x cores, min)"
     )
-    max_per_core: int = Field(32768, ge=0)
-    min: int = Field(131072, ge=0)
-    tcp_timeout_established: Duration = 86400.0
-    tcp_timeout_close_wait: Duration = 3600.0
-    tcp_timeout_time_wait: Duration = Field(
+    max_per_core: Int(0, CONNTRACK_LIMIT) = Field(32768, description="kube-proxy --conntrack-max-per-core")
+    min: Int(0, CONNTRACK_LIMIT) = Field(131072, description="kube-proxy --conntrack-min")
+    # Up to a week: the kernel's own established default is 5 days.
+    tcp_timeout_established: DurationIn(1, WEEK) = Field(86400.0, description="kube-proxy's default: 24h")
+    tcp_timeout_close_wait: DurationIn(1, WEEK) = Field(3600.0, description="kube-proxy's default: 1h")
+    tcp_timeout_time_wait: DurationIn(1, WEEK) = Field(
         120.0, description="The kernel's default; a quick run may shrink it to keep table occupancy in scale"
     )
     tcp_be_liberal: bool = False
@@ -138,16 +170,20 @@ class KubeProxy(Strict):
 
 
 class Cluster(Strict):
-    kubernetes_version: str = Field("1.28.0", pattern=r"^\d+\.\d+(\.\d+)?$")
-    pod_cidr: IPv4Network = Field(IPv4Network("100.96.0.0/11"), description="Cluster CIDR; each node gets a /24")
-    node_pod_prefix: int = Field(24, ge=16, le=28)
-    service_cidr: IPv4Network = IPv4Network("100.64.0.0/13")
-    node_cores: int = Field(2, ge=1, le=512, description="Cores per node (sets kube-proxy's conntrack max)")
+    kubernetes_version: KubernetesVersion = Field("1.28.0", description="1.MINOR or 1.MINOR.PATCH, e.g. 1.28.0")
+    pod_cidr: Cidr = Field(IPv4Network("100.96.0.0/11"), description="Cluster CIDR; each node gets a /24")
+    node_pod_prefix: Int(16, 28) = Field(24, description="Prefix length of each node's pod CIDR")
+    service_cidr: Cidr = IPv4Network("100.64.0.0/13")
+    node_cores: Int(1, 512) = Field(2, description="Cores per node (sets kube-proxy's conntrack max)")
+
+    @property
+    def minor(self) -> int:
+        return int(self.kubernetes_version.split(".")[1])
 
 
 class ClientTier(Strict):
     name: Name = Field("apollo", description="The client application (the seed's 'apollo')")
-    instances: int = Field(1, ge=1, le=20)
+    instances: Int(1, 20) = Field(1, description="Client hosts in the client VPC")
 
 
 @dataclass(frozen=True)
@@ -175,15 +211,19 @@ class PodSpec:
 class Topology(Strict):
     """A lab: the client VPC, the cluster VPC with its AZs, one ELB and the Kubernetes services behind it."""
 
-    name: Name = Field("default", description="Default lab name")
-    description: str = ""
+    name: LabName = Field("default", description="Default lab name (the lab name rule: 1-16 characters)")
+    description: Text(500) = ""
     vpcs: Vpcs = Vpcs()
     azs: list[Az] = Field(min_length=1, max_length=6)
-    nodes_per_az: int = Field(1, ge=0, le=200)
+    nodes_per_az: Int(0, MAX_NODES_PER_AZ) = Field(
+        1, description=f"Kubernetes nodes in each AZ (at most {MAX_NODES} in all)"
+    )
     cluster: Cluster = Cluster()
     kube_proxy: KubeProxy = KubeProxy()
     elb: Elb
-    services: list[Service] = Field(min_length=1)
+    services: list[Service] = Field(
+        min_length=1, max_length=MAX_SERVICES, description=f"At most {MAX_PODS} replicas in all"
+    )
     client: ClientTier = ClientTier()
 
     @model_validator(mode="after")
@@ -204,6 +244,18 @@ class Topology(Strict):
             raise ValueError("the topology has no Kubernetes nodes (set nodes_per_az or azs[].nodes)")
         if not self.elb_nodes:
             raise ValueError("the ELB has no nodes (set elb.nodes_per_az or azs[].elb_nodes)")
+        # Each node and pod is a namespace with its own processes on this one machine.
+        if len(self.k8s_nodes) > MAX_NODES:
+            raise ValueError(
+                f"@nodes_per_az: {len(self.k8s_nodes)} Kubernetes nodes: a lab has at most {MAX_NODES} "
+                "(lower nodes_per_az or azs[].nodes)"
+            )
+        replicas = sum(s.replicas for s in self.services)
+        if replicas > MAX_PODS:
+            raise ValueError(
+                f"@services: {replicas} pods in all: a lab has at most {MAX_PODS} (lower services[].replicas)"
+            )
+        self._check_versions()
         node_names = {n.name for n in self.k8s_nodes}
         for si, svc in enumerate(self.services):
             if isinstance(svc.placement, list):
@@ -220,6 +272,16 @@ class Topology(Strict):
                     )
         self._check_cidrs()
         return self
+
+    def _check_versions(self) -> None:
+        # The version is what the lab claims to be; the flavour is what it renders. Modern rules on a 1.5
+        # cluster would show behaviour (the INVALID drop, --random-fully) that version never had.
+        if self.kube_proxy.flavour == "modern" and self.cluster.minor <= LEGACY_UNTIL_MINOR:
+            raise ValueError(
+                f"@kube_proxy.flavour: modern renders kube-proxy 1.28's rules, but cluster.kubernetes_version is "
+                f"{self.cluster.kubernetes_version} (legacy era, 1.5-1.{LEGACY_UNTIL_MINOR}); set "
+                f"kube_proxy.flavour=legacy, or cluster.kubernetes_version=1.28.0 as well"
+            )
 
     def _check_cidrs(self) -> None:
         blocks = {
@@ -267,7 +329,7 @@ class Topology(Strict):
                 f"cluster.pod_cidr {self.cluster.pod_cidr} has room for {have - 1} node pod CIDRs, need {need}"
             )
         if self.vpcs.client.cidr.prefixlen > 28:
-            raise ValueError("vpcs.client.cidr is too small; use /28 or larger")
+            raise ValueError("@vpcs.client.cidr: too small; use /28 or larger")
 
     # --- derived inventory (pure, deterministic) ---
 

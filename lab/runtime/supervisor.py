@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.hosts import enter_netns
+from lab.runtime.control import receive_message, send_message
 
 PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -268,17 +269,11 @@ class Supervisor:
         with conn:
             conn.settimeout(2.0)
             try:
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                reply = self._handle(json.loads(data or b"{}"))
+                reply = self._handle(receive_message(conn))
             except Exception as exc:  # a bad request must not take the supervisor down
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             with contextlib.suppress(OSError):
-                conn.sendall(json.dumps(reply).encode() + b"\n")
+                send_message(conn, reply)
 
     def _handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")

@@ -17,7 +17,14 @@ from lab.models.scenario import Expectation, MetricRef
 from lab.scenarios.loader import LoadedScenario
 from lab.scenarios.metrics import CATALOG, statistic
 
-OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+COMPARISONS = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 # O4: the healthy lab path answers in a few ms; these are far outside it.
 SLOW_P99_MS = 200.0
 TIMEOUT_RATIO = 0.001
@@ -60,7 +67,7 @@ def check_expectation(exp: Expectation, runs: dict[str, dict[str, Any]], scale: 
         if value is None:
             passed = False
         elif exp.op:
-            passed = OPS[exp.op](value, exp.value)
+            passed = COMPARISONS[exp.op](value, exp.value)
         else:
             passed = exp.between[0] <= value <= exp.between[1]
         text = describe(exp) + (f" [{variant}]" if len(targets) > 1 or (exp.variant is None and len(runs) > 1) else "")

@@ -12,11 +12,11 @@ from lab.faults.kinds import get_kind
 from lab.faults.model import parse_params
 from lab.hosts import NamespaceGone
 from lab.lab import Lab
-from lab.lifecycle import load_topology
 from lab.models.scenario import Scenario
 from lab.models.topology import Topology
 from lab.models.yamlio import apply_overrides, line_of, read_yaml, to_plain, validate_data
 from lab.scenarios.metrics import CATALOG, describe_unknown
+from lab.spec import load_topology
 
 SCENARIO_KEY = "phases."  # a sweep key starting so edits the scenario (workload, fault params), not the topology
 REPO = Path(__file__).resolve().parents[2]
@@ -100,11 +100,11 @@ def expand_sweep(
         scenario = base
         if edits:
             try:
-                doc = apply_overrides(copy.deepcopy(to_plain(data)), edits, str(path))
+                doc, _where_set = apply_overrides(copy.deepcopy(to_plain(data)), edits, str(path))
                 doc["sweep"] = {}
-                scenario = validate_data(Scenario, doc, f"{path} (sweep point {','.join(point)})")
+                scenario = validate_data(Scenario, doc, f"sweep point {','.join(point)}")
             except InputError as exc:
-                raise InputError(f"{_where(path, data, ('sweep',))}: sweep: {exc}") from None
+                raise InputError(f"{_where(path, data, ('sweep',))}: {exc}") from None
         topo_path = _topology_path(path, scenario.topology.file, data)
         loaded = LoadedScenario(scenario, path, topo_path, tuple(point), tuple(extra or []))
         try:

@@ -44,14 +44,16 @@ def load_all(files: list[str], use_all: bool, sets: list[list[str]]) -> list[Loa
 
 def run_matrix(
     files: list[str],
-    use_all: bool,
-    sets: list[str],
+    *,
+    use_all: bool = False,
+    sets: list[str] | None = None,
     report_dir: Path,
-    quick: bool,
+    quick: bool = False,
     time_scale: float | None = None,
     progress: Callable[[str], None] = lambda _m: None,
     backend: str = "netns",
 ) -> dict[str, Any]:
+    sets = list(sets or [])
     combos = expand_sets(sets)
     scenarios = load_all(files, use_all, combos)
     scale = time_scale if time_scale is not None else (QUICK_SCALE if quick else 1.0)

@@ -11,21 +11,19 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab import faults, lifecycle
+from lab.backends.base import Progress
 from lab.errors import LabError
 from lab.lab import Lab
 from lab.load import LoadRun, LoadSpec
-from lab.metrics import Recorder
+from lab.metrics.recorder import Recorder
 from lab.models.scenario import Phase
 from lab.scenarios.evaluate import evaluate
 from lab.scenarios.loader import LoadedScenario
-
-Progress = Callable[[str], None]
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 from lab import toolbox
 from lab.errors import LabError
 from lab.hosts import Host
+from lab.lab import Lab
 
 SEVERITIES = ("ok", "info", "warning", "critical")
 ALARMING = ("warning", "critical")
@@ -98,6 +99,16 @@ def _sysctl(host: Host, key: str) -> str | None:
         return host.sysctl(key)
     except (OSError, LabError):
         return None
+
+
+def diagnose_lab_host(
+    lab_name: str, host: str, interval: float = 1.0, progress: Callable[[str], None] = lambda _msg: None
+) -> dict[str, Any]:
+    """diagnose() of a host of the lab `lab_name`; each command is shown as `lab exec HOST -n LAB -- ...`."""
+    lab = Lab.load(lab_name)
+    target = lab.host(host)
+    progress("sampling the toolbox twice" if interval > 0 else "sampling the toolbox")
+    return diagnose(target, interval, f"lab exec {host} -n {lab.name} -- ")
 
 
 def diagnose(host: Host, interval: float = 1.0, cmd_prefix: str = "", kernel_log: bool = False) -> dict[str, Any]:

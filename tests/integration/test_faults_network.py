@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import time
+from shutil import which
 
 import pytest
 from labservices.client import client_on_socket, echo_payload
@@ -11,7 +13,7 @@ from labservices.client import client_on_socket, echo_payload
 from lab import faults
 from lab.errors import EnvironmentProblem
 from lab.faults.ops import netem_available
-from tests.conftest import in_host
+from tests.conftest import in_host, ns
 from tests.integration.test_faults import assert_same, connect_times, median_ms, rule_packets, snapshot
 from tests.integration.test_faults_paths import check_of
 
@@ -71,10 +73,20 @@ def test_cross_az_loss_and_the_peering_link(make_lab):
 
 
 def _ping(lab, source: str, ip: str, count: int, interval: str = "0.01") -> tuple[float, float | None]:
-    out = in_host(lab.name, source, "ping", "-n", "-q", "-c", str(count), "-i", interval, "-W", "1", ip, check=False)
-    loss = float(re.search(r"([\d.]+)% packet loss", out).group(1))
-    rtt = re.search(r"= [\d.]+/([\d.]+)/", out)
-    return loss, float(rtt.group(1)) if rtt else None
+    """(loss %, average RTT ms or None when nothing came back) of `ping` from a lab host."""
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", interval, "-W", "1", ip]
+    cmd = ["ip", "netns", "exec", ns(lab.name, source), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    summary = re.search(r"([\d.]+)% packet loss", proc.stdout)
+    # A summary means ping ran (its exit 1 only says replies were lost, as the loss tests want); none: ping failed.
+    if summary is None:
+        missing = "" if which("ping") else " (ping is not installed: apt-get install iputils-ping, or make test-deps)"
+        raise AssertionError(
+            f"`{' '.join(argv)}` in {source} gave no summary (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip() or 'no output'}{missing}"
+        )
+    rtt = re.search(r"= [\d.]+/([\d.]+)/", proc.stdout)
+    return float(summary.group(1)), float(rtt.group(1)) if rtt else None
 
 
 def test_link_delay_and_bandwidth(make_lab):

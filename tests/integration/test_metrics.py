@@ -15,7 +15,7 @@ from lab.cli.app import app
 from lab.cli.commands import load as _load  # noqa: F401  registers the commands
 from lab.cli.commands import metrics as _metrics  # noqa: F401
 from lab.haproxy_stats import instance_health, show_stat
-from lab.metrics import Recorder, read_series
+from lab.metrics.recorder import Recorder, read_series
 from tests.conftest import in_host, ns
 
 pytestmark = pytest.mark.root

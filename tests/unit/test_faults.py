@@ -15,7 +15,7 @@ from lab.faults.model import FaultRecord, Step, parse_fraction, parse_params, pa
 from lab.faults.ops import OPS, TC_HANDLE, filler_lines
 from lab.faults.store import FaultStore
 from lab.lab import Lab
-from lab.lifecycle import load_topology
+from lab.spec import load_topology
 from lab.state import LabState
 from tests.conftest import TOPOLOGIES
 
@@ -68,12 +68,12 @@ def test_params_parse_durations_and_flags():
     ("params", "message"),
     [
         (["delay=abc"], "fault link: parameter delay=abc: expected a duration such as 10s"),
-        (["loss=2"], "fault link: parameter loss=2: must be between 0% and 100%"),
+        (["loss=2"], "fault link: parameter loss=2: must be from 0% to 100% (see `lab fault list`)"),
         (["delay=5ms", "jitter=9ms"], "fault link: jitter must not exceed the delay"),
         (["speed=1"], "fault link: unknown parameter 'speed'; parameters: delay, jitter, loss"),
         (["delay"], "fault link: parameter 'delay' is not KEY=VALUE"),
         ([], "fault link: give at least one of delay, loss, bandwidth, partition"),
-        (["bandwidth=1bit"], "fault link: bandwidth must be between 8kbit and 100gbit"),
+        (["bandwidth=1bit"], "fault link: parameter bandwidth=1bit: must be from 8kbit to 100gbit"),
         (["partition=on", "loss=1%"], "fault link: partition drops everything: give it alone"),
     ],
 )
@@ -355,8 +355,8 @@ def test_fault_list_needs_no_lab():
             ["fault", "apply", "jam"],
             "Error: unknown fault kind 'jam'; kinds: conntrack-exhaustion, healthcheck-misroute",
         ),
-        (["fault", "apply", "link", "loss=3"], "Error: fault link: parameter loss=3: must be between 0% and 100%"),
-        (["fault", "apply", "cross-az", "delay=1s", "--duration", "soon"], "Error: --duration 'soon': expected a"),
+        (["fault", "apply", "link", "loss=3"], "Error: fault link: parameter loss=3: must be from 0% to 100%"),
+        (["fault", "apply", "cross-az", "delay=1s", "--duration", "soon"], "Error: --duration: expected a duration"),
         (["fault", "revert"], "Error: give fault ids or --all"),
     ],
 )

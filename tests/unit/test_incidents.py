@@ -124,10 +124,24 @@ def test_figures_of_one_graph_need_a_common_period(tmp_path):
         load_incident(write(tmp_path, text))
 
 
-def test_incident_schema_is_published():
+def test_incident_schema_is_published_with_every_number_bounded():
     schema = SCHEMAS["incident"]()
     assert schema["title"] == "lab incident"
     assert "figures" in schema["properties"]
+
+    def numbers(node, where=""):
+        if isinstance(node, dict):
+            if node.get("type") in ("number", "integer"):
+                yield where, node
+            for k, v in node.items():
+                yield from numbers(v, f"{where}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from numbers(v, f"{where}/{i}")
+
+    found = list(numbers(schema))
+    assert len(found) >= 8
+    assert [w for w, n in found if "minimum" not in n or "maximum" not in n] == []
 
 
 # --- CloudWatch exports, as the AWS CLI prints them -----------------------------------------------------

@@ -16,6 +16,7 @@ from lab.cli.app import app
 from lab.cli.commands import metrics as _metrics  # noqa: F401  registers the commands
 from lab.errors import InputError
 from lab.metrics import accounting, elb, exposition, node, plot, recorder
+from lab.render import accounting as render_accounting
 
 # elb-a1 after two requests through it while node-a1's NodePort was dropped (4 attempts each: 1 + 3 retries),
 # one failed health check (UP 5/6) and one good one.
@@ -59,7 +60,7 @@ def rows(text: str) -> list[dict[str, str]]:
 
 
 def test_rules_count_first_syns_answers_and_leave_client_flows_untracked():
-    text = accounting.render_rules([accounting.Instance("node-a1", "172.20.64.16")])
+    text = render_accounting.render_rules([render_accounting.Instance("node-a1", "172.20.64.16")])
     assert "*raw" in text and "*filter" in text and text.count("COMMIT") == 2
     assert "-A LAB-ELB-NOTRACK -s 172.20.64.16/32 -j RETURN" in text
     assert re.search(r"-A LAB-ELB-NOTRACK .*-j CT --notrack", text)

@@ -75,9 +75,13 @@ def test_the_matrix_runs_every_point(tmp_path):
         (("elb.nodes_per_az: [1, 6]", "elb.nodes_per_az: [[1, 2]]"), "sweep.elb.nodes_per_az[0]"),
         (
             ("phases.steady.load.rate", "phases.busy.load.rate"),
-            "s.yaml:4: sweep: --set phases.busy.load.rate: no list item named 'busy'",
+            "s.yaml:4: --set phases.busy.load.rate: no list item named 'busy'",
         ),
-        (("[10, 20.5]", "[10, -1]"), "phases[1].load.rate: Input should be greater than 0"),
+        (
+            ("[10, 20.5]", "[10, -1]"),
+            "s.yaml:4: sweep point elb.nodes_per_az=1,phases.steady.load.rate=-1: "
+            "phases[1].load.rate: must be from 0.01 to 100000, got -1",
+        ),
         (
             ("elb.nodes_per_az: [1, 6]", "elb.nodes_per_az: [1, 2, 3, 4, 5, 6, 7, 8]\n  nodes_per_az: [1, 2, 3, 4, 5]"),
             "sweep: 80 points; at most 64 (each point is a lab run)",

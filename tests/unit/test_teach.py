@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lab.cli import app
 from lab.errors import InputError
-from lab.lifecycle import load_topology
+from lab.spec import load_topology
 from lab.teach import diagnose as dg
 from lab.teach.diagram import layout, mermaid, render_image
 from lab.teach.elblog import parse_line

@@ -73,8 +73,9 @@ def test_spread_placement_prefers_other_azs_then_empty_nodes():
 
 
 def test_durations_accept_units():
-    topo = load(DEFAULT, "elb.idle_timeout=2m", "elb.health_check.interval=500ms", "elb.health_check.timeout=0.25")
-    assert topo.elb.idle_timeout == 120 and topo.elb.health_check.interval == 0.5
+    topo = load(DEFAULT, "elb.idle_timeout=2m", "elb.health_check.interval=5500ms", "elb.health_check.timeout=2.5")
+    assert topo.elb.idle_timeout == 120 and topo.elb.health_check.interval == 5.5
+    assert topo.elb.health_check.timeout == 2.5
     assert topo.conntrack_max == 131072
 
 
@@ -93,12 +94,11 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
 def test_nodeport_outside_the_range_points_at_the_line(tmp_path):
     path = write(tmp_path, DEFAULT.read_text().replace("node_port: 30090", "node_port: 8080"))
     line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if "node_port: 8080" in ln)
-    assert (
-        error_of(path)
-        == f"{path}:{line}: services[0].node_port: NodePort 8080 is outside the NodePort range 30000-32767"
+    assert error_of(path) == f"{path}:{line}: services[0].node_port: must be from 30000 to 32767, got 8080"
+    # set on the command line: the option names it
+    assert error_of(DEFAULT, "services.accounts.node_port=8080") == (
+        "--set services.accounts.node_port=8080: must be from 30000 to 32767, got 8080"
     )
-    # set on the command line: the line of the item it belongs to
-    assert "services[0].node_port: NodePort 8080" in error_of(DEFAULT, "services.accounts.node_port=8080")
 
 
 def test_overlapping_cidrs_are_rejected():

@@ -1,54 +1,60 @@
-"""Lab lifecycle commands: up, down, status, clean, call, exec, schema, demo."""
+"""Lab lifecycle commands: up, down, status, clean, call, exec, schema, demo.
+
+The library is imported inside each command (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import typer
-from rich.table import Table
+from typer.core import TyperCommand
 
-from lab import lifecycle, rpc
-from lab.cli.app import command, console, err_console, fail, print_json, progress
+from lab.cli.app import command, console, print_json, progress
+from lab.cli.options import (
+    BackendOpt,
+    JsonOpt,
+    NameOpt,
+    SetOpt,
+    TimeoutOpt,
+    TimeScaleOpt,
+    TopologyOpt,
+    lab_name,
+    name_option,
+    seconds,
+    topology_option,
+)
 from lab.errors import InputError
-from lab.lab import Lab, default_lab_name
-
-DEFAULT_TOPOLOGY = Path("topologies/default.yaml")
-
-NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up, else 'default').")
-JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
-
-
-def _topology_path(path: Path | None) -> Path:
-    if path is not None:
-        return path
-    if DEFAULT_TOPOLOGY.exists():
-        return DEFAULT_TOPOLOGY
-    return Path(__file__).resolve().parents[3] / "topologies" / "default.yaml"
 
 
 @command(
     "up",
     epilog="Examples:\n\n  lab up\n\n"
     "  lab up -t topologies/seed-2017.yaml --set nodes_per_az=3 --set elb.cross_zone=true\n\n"
-    "  lab up --name second --dry-run",
+    "  lab up --name second --dry-run\n\n  lab up --dry-run --json",
 )
 def up_cmd(
-    topology: Path = typer.Option(None, "--topology", "-t", help="Topology YAML (default: topologies/default.yaml)."),
-    name: str = typer.Option(None, "--name", "-n", help="Lab name (default: the topology's name)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a topology field: KEY=VALUE (repeatable)."),
-    backend: str = typer.Option("netns", "--backend", "-b", help="netns (default) or kind."),
-    time_scale: float = typer.Option(1.0, "--time-scale", help="Shrink the ELB's timers (0 < F <= 1) for quick runs."),
+    topology: Path = TopologyOpt,
+    name: str = name_option("Lab name (default: $LAB_NAME if set, else the topology's name)."),
+    overrides: list[str] = SetOpt,
+    backend: str = BackendOpt,
+    time_scale: float = TimeScaleOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print everything that would be created and applied."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Bring a lab up from a topology file."""
-    lab = lifecycle.prepare(_topology_path(topology), name, overrides, backend, time_scale)
+    from lab import lifecycle  # imported at use for start-up speed
+    from lab.lab import env_lab_name
+    from lab.spec import default_topology_path
+
+    path = topology or default_topology_path()
+    lab = lifecycle.prepare(path, name or env_lab_name(), overrides, backend, time_scale)
     if dry_run:
-        sys.stdout.write(lab.backend.plan_text(lab))
+        if json_out:
+            print_json(lifecycle.dry_run(lab))
+        else:
+            sys.stdout.write(lab.backend.plan_text(lab))
         return
     with progress(f"lab up {lab.name}", quiet=json_out) as step:
         result = lifecycle.up(lab, step)
@@ -56,100 +62,72 @@ def up_cmd(
         print_json(result)
         return
     topo = lab.topology
-    console.print(
+    out = console()
+    out.print(
         f"lab '{lab.name}' is up in {result['seconds']:.2f}s: {len(topo.elb_nodes)} ELB nodes, "
         f"{len(topo.k8s_nodes)} nodes, {len(topo.pods)} pods, {len(topo.services)} services "
         f"(kube-proxy {topo.kube_proxy.flavour}, cross-zone {'on' if topo.elb.cross_zone else 'off'})"
     )
-    console.print(
+    out.print(
         f"next: lab status -n {lab.name}   lab call {topo.services[0].name} whoami -n {lab.name}   "
         f"lab down -n {lab.name}"
     )
 
 
-@command("down", epilog="Example:\n\n  lab down --name default")
+@command("down", epilog="Examples:\n\n  lab down\n\n  lab down --name seed --json")
 def down_cmd(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
     """Tear a lab down: its processes, namespaces and state (idempotent)."""
-    lab_name = name or default_lab_name()
-    result = lifecycle.down(lab_name)
+    from lab import lifecycle  # imported at use for start-up speed
+
+    result = lifecycle.down(lab_name(name))
     if json_out:
         print_json(result)
     elif not result["was_up"]:
-        console.print(f"lab '{lab_name}' is not up; nothing to do")
+        console().print(f"lab '{result['name']}' is not up; nothing to do")
     else:
-        console.print(
-            f"lab '{lab_name}' is down ({len(result['removed'])} namespaces removed in {result['seconds']:.2f}s)"
+        console().print(
+            f"lab '{result['name']}' is down ({len(result['removed'])} namespaces removed in {result['seconds']:.2f}s)"
         )
 
 
-@command("clean", epilog="Examples:\n\n  lab clean\n\n  lab clean --name seed")
+@command("clean", epilog="Examples:\n\n  lab clean --name seed\n\n  lab clean")
 def clean_cmd(
-    names: list[str] = typer.Option(None, "--name", "-n", help="Only this lab (repeatable); default: every lab."),
+    names: list[str] = typer.Option(
+        None, "--name", "-n", metavar="NAME", help="Only this lab (repeatable); without it: EVERY lab."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Remove every lab and every leftover of crashed runs (only what the lab can prove it created)."""
+    """Remove every lab (or only the named ones) and every leftover of crashed runs (only what the lab can
+    prove it created)."""
+    from lab import lifecycle  # imported at use for start-up speed
+
     results = lifecycle.clean(names or None)
     if json_out:
         print_json(results)
         return
     if not results:
-        console.print("nothing to clean")
+        console().print("nothing to clean")
     for r in results:
-        console.print(f"removed lab '{r['name']}' ({len(r['removed'])} namespaces)")
+        console().print(f"removed lab '{r['name']}' ({len(r['removed'])} namespaces)")
 
 
 @command("status", epilog="Examples:\n\n  lab status\n\n  lab status --name seed --json")
 def status_cmd(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
     """Hosts, processes, and each ELB node's view of each instance (InService / OutOfService)."""
-    info = lifecycle.status(name or default_lab_name())
+    from lab import lifecycle  # imported at use for start-up speed
+    from lab.cli.views import print_status
+
+    info = lifecycle.status(lab_name(name))
     if json_out:
         print_json(info)
-        return
-    roles: dict[str, list[str]] = {}
-    for h in info["hosts"]:
-        roles.setdefault(h["role"], []).append(h["name"] + ("" if h["present"] else " (MISSING)"))
-    console.print(
-        f"lab '{info['name']}' ({info['backend']}): {info['status']}, kube-proxy {info['kube_proxy']}, "
-        f"cross-zone {'on' if info['cross_zone'] else 'off'}"
-        + (f", ELB timers x{info['time_scale']:g}" if info["time_scale"] != 1 else "")
-    )
-    for role in ("client", "elb", "node", "pod", "router"):
-        if role in roles:
-            console.print(f"  {role + 's':8} {', '.join(roles[role])}")
-    procs = info.get("processes", [])
-    bad = [p for p in procs if p["state"] != "running" or not p["ready"]]
-    console.print(
-        f"  processes {len(procs) - len(bad)}/{len(procs)} running"
-        + (f"; {info['problem']}" if info.get("problem") else "")
-    )
-    for p in bad:
-        console.print(f"    {p['name']}: {p['state']} (restarts {p['restarts']}, exit {p['exit_code']})")
-    active = info.get("faults", [])
-    console.print(f"  faults    {len(active)} active" + (" (lab fault status)" if active else ""))
-    for f in active:
-        console.print(f"    {f['id']}: {f['kind']} on {f['target']} ({f['params_text']})")
-    instances = sorted({i for e in info["elb"] for i in e["instances"]})
-    table = Table(title="ELB health (each ELB node's view)", title_justify="left")
-    table.add_column("ELB node")
-    for inst in instances:
-        table.add_column(inst)
-    for e in info["elb"]:
-        cells = []
-        for inst in instances:
-            view = e["instances"].get(inst)
-            if view is None:
-                cells.append("-")
-            else:
-                style = "green" if view["state"] == "InService" else "red"
-                cells.append(f"[{style}]{view['state']}[/] {view['status']}")
-        table.add_row(f"{e['elb_node']} ({e['az']})", *cells)
-    console.print(table)
+    else:
+        print_status(info)
 
 
 @command(
     "call",
     epilog="Examples:\n\n  lab call accounts whoami\n\n  lab call catalog echo 1024 --via node --target node-c1\n\n"
-    "  lab call accounts work 250 --via pod --json",
+    "  lab call accounts work 250 --via pod --timeout 500ms --json",
 )
 def call_cmd(
     service: str = typer.Argument(..., help="Service name, e.g. accounts."),
@@ -160,106 +138,116 @@ def call_cmd(
         None, "--target", help="Which ELB node / node / pod (default: random, like DNS round robin)."
     ),
     source: str = typer.Option(None, "--from", help="Host to call from (default: the client tier)."),
-    timeout: float = typer.Option(5.0, "--timeout", help="Connect and RPC timeout in seconds."),
+    timeout: str = TimeoutOpt,
     name: str = NameOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Make one Thrift RPC through the lab and show where it went."""
-    lab = Lab.load(name or default_lab_name())
-    tgt = rpc.resolve(lab, service, via, target, source)
-    result = rpc.call(lab, service, method, args or [], tgt, timeout)
+    import json  # imported at use for start-up speed
+
+    from lab import rpc
+    from lab.lab import Lab
+
+    timeout_s = seconds(timeout, "--timeout")
+    lab = Lab.load(lab_name(name))
+    result = rpc.call(lab, service, method, args or [], rpc.resolve(lab, service, via, target, source), timeout_s)
     if json_out:
         print_json(result)
         return
-    console.print(
+    console().print(
         f"{result['method']} -> {service} {result['from']} -> {result['to']} ({result['address']}, via {via}): "
         f"connect {result['connect_ms']:.2f} ms, rpc {result['rpc_ms']:.2f} ms"
     )
-    console.print(json.dumps(result["result"], default=str))
+    console().print(json.dumps(result["result"], default=str))
+
+
+class _ExecUsage(TyperCommand):
+    """`lab exec`'s usage line shows the `--` before the command (everything after it is the command's)."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return ["[OPTIONS]", "HOST", "-- COMMAND [ARGS]..."]
 
 
 @command(
     "exec",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    cls=_ExecUsage,
+    context_settings={"ignore_unknown_options": True},  # `lab exec node-a1 conntrack -L` works without `--` too
     epilog="Examples:\n\n  lab exec node-a1 -- iptables-save -t nat\n\n  lab exec node-b1 -- conntrack -L\n\n"
-    "  lab exec apollo-1 -- ss -tn",
+    "  lab exec apollo-1 -n seed -- ss -tn\n\n  lab exec node-a1 --json -- conntrack -C",
 )
 def exec_cmd(
-    ctx: typer.Context,
-    host: str = typer.Argument(..., help="Lab host (see `lab status`)."),
+    host: str = typer.Argument(..., metavar="HOST", help="Lab host (see `lab status`)."),
+    argv: list[str] = typer.Argument(
+        ..., metavar="-- COMMAND [ARGS]", help="The command to run in the host's namespace, after `--`."
+    ),
     name: str = NameOpt,
+    json_out: bool = typer.Option(
+        False, "--json", help="Capture the command's exit code, stdout and stderr as JSON (it replaces lab otherwise)."
+    ),
 ) -> None:
     """Run a command inside a lab host's network namespace."""
-    argv = list(ctx.args)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        raise InputError("no command given; usage: lab exec HOST -- CMD [ARGS...]")
-    lab = Lab.load(name or default_lab_name())
-    h = lab.host(host)
+    import os  # imported at use for start-up speed
+    import shutil
+    import subprocess
+
+    from lab.lab import Lab
+
+    h = Lab.load(lab_name(name)).host(host)
     if shutil.which(argv[0]) is None:
         raise InputError(f"command not found: {argv[0]}")
+    if json_out:
+        done = subprocess.run(h.argv(argv), capture_output=True, text=True, errors="replace")
+        print_json(
+            {"host": host, "argv": argv, "exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+        )
+        return
     sys.stdout.flush()
     os.execvp("nsenter", h.argv(argv))
 
 
-@command("schema", epilog="Example:\n\n  lab schema topology > topology.schema.json")
-def schema_cmd(kind: str = typer.Argument("topology", help="topology, scenario or incident")) -> None:
+@command("schema", epilog="Examples:\n\n  lab schema topology > topology.schema.json\n\n  lab schema scenario")
+def schema_cmd(
+    kind: str = typer.Argument("topology", help="topology, scenario or incident"),
+    json_out: bool = typer.Option(False, "--json", help="The schema is JSON anyway; errors become JSON too."),
+) -> None:
     """Print the JSON Schema of a declarative file."""
-    from lab.models import schemas
+    from lab.models import schemas  # imported at use for start-up speed
 
     if kind not in schemas.SCHEMAS:
-        fail(f"unknown schema {kind!r}; choose one of: {', '.join(schemas.SCHEMAS)}")
+        raise InputError(f"unknown schema {kind!r}; choose one of: {', '.join(schemas.SCHEMAS)}")
     print_json(schemas.SCHEMAS[kind]())
 
 
 @command("demo", epilog="Examples:\n\n  lab demo\n\n  lab demo --tour-only -t topologies/seed-2017.yaml")
 def demo_cmd(
-    name: str = typer.Option("demo", "--name", "-n", help="Lab name for the tour."),
-    topology: Path | None = typer.Option(
-        None, "--topology", "-t", help="Topology for the tour (default: topologies/default.yaml)."
-    ),
+    name: str = name_option("Lab name for the tour.", default="demo"),
+    topology: Path | None = topology_option("Topology for the tour (default: topologies/default.yaml)."),
     tour_only: bool = typer.Option(False, "--tour-only", help="Only the tour of the path, not the matrix."),
-    report_dir: Path = typer.Option(Path("reports/demo"), "--report", help="Where the matrix writes its reports."),
+    report_dir: Path = typer.Option(
+        Path("reports/demo"), "--report", metavar="DIR", help="Where the matrix writes its reports."
+    ),
+    json_out: bool = JsonOpt,
 ) -> None:
     """The main job: a tour of the path (the default lab up, an RPC through every listener and ELB node,
     status, down), then the quick matrix of every hypothesis with the hypothesis x observation answer."""
-    _tour(name, topology)
-    if tour_only:
-        return
-    from lab.cli.commands.scenario import finish_matrix
+    from lab.cli.views import finish_matrix, print_tour  # imported at use for start-up speed
     from lab.scenarios.matrix import run_matrix
+    from lab.spec import default_topology_path
+    from lab.tour import tour
 
-    with progress("lab matrix --all --quick") as step:
-        results = run_matrix([], True, [], report_dir, quick=True, progress=step)
+    with progress(f"lab demo {name}: the tour", quiet=json_out) as step:
+        toured = tour(topology or default_topology_path(), name, step)
+    if not json_out:
+        print_tour(toured)
+    if tour_only:
+        if json_out:
+            print_json({"tour": toured})
+        return
+    with progress("lab matrix --all --quick", quiet=json_out) as step:
+        results = run_matrix([], use_all=True, report_dir=report_dir, quick=True, progress=step)
+    if json_out:
+        print_json({"tour": toured, "matrix": results})
+        if any(s["status"] != "passed" for s in results["scenarios"]):
+            raise typer.Exit(1)
+        return
     finish_matrix(results, json_out=False)
-
-
-def _tour(name: str, topology: Path | None) -> None:
-    lab = lifecycle.prepare(_topology_path(topology), name)
-    with progress(f"lab up {lab.name}") as step:
-        result = lifecycle.up(lab, step)
-    try:
-        console.print(f"[bold]lab '{lab.name}' up in {result['seconds']:.2f}s[/]")
-        table = Table(title="whoami through every ELB listener and ELB node", title_justify="left")
-        for col in ("listener", "ELB node", "instance -> pod (node, AZ)", "pod saw client", "connect ms"):
-            table.add_column(col)
-        for listener in lab.topology.elb.listeners:
-            for elb in lab.topology.elb_nodes:
-                tgt = rpc.resolve(lab, listener.service, "elb", elb.name)
-                r = rpc.call(lab, listener.service, "whoami", [], tgt)
-                who = r["result"]
-                table.add_row(
-                    f":{listener.port} {listener.service}",
-                    elb.name,
-                    f"{who['pod']} ({who['node']}, {who['az']})",
-                    str(who["client_ip"]),
-                    f"{r['connect_ms']:.2f}",
-                )
-        console.print(table)
-        status_cmd(name=lab.name, json_out=False)
-    finally:
-        with progress(f"lab down {lab.name}") as step:
-            step("removing")
-            down = lifecycle.down(lab.name)
-        err_console.print(f"lab '{lab.name}' down in {down.get('seconds', 0):.2f}s")

@@ -1,24 +1,21 @@
-"""`lab fit` and `lab incident import|validate`: hold lab runs against an incident's own figures."""
+"""`lab fit` and `lab incident import|validate`: hold lab runs against an incident's own figures.
+
+The library is imported inside each command (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from lab.cli.app import app, command, console, print_json, progress
-from lab.incidents.files import import_export, load_incident
-from lab.incidents.report import error_text, point_text, value_text
-from lab.incidents.runs import run_fit
+from lab.cli.options import JsonOpt, output_option
 
 incident_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Incident files: validate them, import CloudWatch exports."
 )
 app.add_typer(incident_app, name="incident")
-
-JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
 
 
 @command(
@@ -37,7 +34,7 @@ def fit_cmd(
     ),
     quick: bool = typer.Option(False, "--quick", help="Each scenario's quick settings (ELB timers x0.1)."),
     report_dir: Path = typer.Option(
-        Path("reports/fit"), "--report", help="Directory for fit.md, fit.json, plots, journals."
+        Path("reports/fit"), "--report", metavar="DIR", help="Directory for fit.md, fit.json, plots, journals."
     ),
     reuse: list[Path] = typer.Option(
         [], "--from", help="Also fit the runs recorded in this report directory (repeatable)."
@@ -46,6 +43,12 @@ def fit_cmd(
 ) -> None:
     """Replay hypotheses (each sweep point, each variant on its own lab) and rank them by how well they reproduce
     the incident's figures, converted to each figure's CloudWatch statistic and period."""
+    from rich.markup import escape  # imported at use for start-up speed
+    from rich.table import Table
+
+    from lab.incidents.report import error_text, point_text, value_text
+    from lab.incidents.runs import run_fit
+
     with progress("lab fit") as step:
         result = run_fit(incident, scenarios or [], sweep, quick, report_dir, reuse, step)
     if json_out:
@@ -62,20 +65,22 @@ def fit_cmd(
         where = f"{m['hypothesis']} ({point_text(m['point'])}; {m['variant']}; {m['phase']}; {m['period']} s)"
         ok = "[green]yes[/]" if m["within"] else "[red]no[/]"
         table.add_row(row["figure"], row["observed"], escape(where), value_text(m["lab"]), error_text(m), ok)
-    console.print(table)
+    console().print(table)
     if result["hypotheses"]:
         top = result["hypotheses"][0]
         explains = ", ".join(top["explains"]) or "no figure"
-        console.print(escape(f"best single hypothesis: {top['key']} ({explains} within tolerance)"))
+        console().print(escape(f"best single hypothesis: {top['key']} ({explains} within tolerance)"))
     if result["pairs"]:
         p = result["pairs"][0]
-        console.print(escape(f"best pair: {' + '.join(p['members'])} ({', '.join(p['explains'])})"))
-    console.print(f"report: {result['files']['fit.md']} (also fit.json, plots, journals)")
+        console().print(escape(f"best pair: {' + '.join(p['members'])} ({', '.join(p['explains'])})"))
+    console().print(f"report: {result['files']['fit.md']} (also fit.json, plots, journals)")
 
 
 @command("validate", on=incident_app, epilog="Example:\n\n  lab incident validate incidents/seed-2017.yaml")
 def validate_cmd(files: list[Path] = typer.Argument(..., help="Incident files."), json_out: bool = JsonOpt) -> None:
     """Check incident files (schema, figures, statistics, periods) without running anything."""
+    from lab.incidents.files import load_incident  # imported at use for start-up speed
+
     out = []
     for path in files:
         inc = load_incident(path)
@@ -84,7 +89,7 @@ def validate_cmd(files: list[Path] = typer.Argument(..., help="Incident files.")
         print_json(out)
         return
     for o in out:
-        console.print(f"{o['file']}: ok ({o['figures']} figures, {o['hypotheses']} hypotheses)")
+        console().print(f"{o['file']}: ok ({o['figures']} figures, {o['hypotheses']} hypotheses)")
 
 
 @command(
@@ -110,13 +115,28 @@ def import_cmd(
     cross_zone: bool = typer.Option(None, "--cross-zone/--no-cross-zone", help="Cross-zone load balancing."),
     figure_id: str = typer.Option("imported", "--figure", help="The figure's id."),
     title: str = typer.Option("Imported CloudWatch series", "--title", help="The incident's title (new files)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Incident file to write (a figure is added if it exists)."),
+    output: Path = output_option("Incident file to write (a figure is added if it exists).", required=True),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Turn a CloudWatch export into a figure of an incident file (time series, its statistic and period)."""
+    from lab.incidents.files import import_export  # imported at use for start-up speed
+
     conditions = {"phase": phase, "instances": instances, "cross_zone": cross_zone}
     figure, series = import_export(files, output, metric, conditions, statistic, period, result_id, figure_id, title)
-    console.print(
+    if json_out:
+        print_json(
+            {
+                "file": str(output),
+                "figure": figure.id,
+                "points": len(series.points),
+                "statistic": figure.statistic,
+                "period": figure.periods[0],
+                "warnings": series.warnings,
+            }
+        )
+        return
+    console().print(
         f"{output}: figure '{figure.id}': {len(series.points)} points, {figure.statistic} per {figure.periods[0]} s"
     )
     for w in series.warnings:
-        console.print(f"warning: {w}")
+        console().print(f"warning: {w}")

@@ -1,4 +1,7 @@
-"""`lab load`: open-loop Thrift load through the lab, with live progress and a JSON result."""
+"""`lab load`: open-loop Thrift load through the lab, with live progress and a JSON result.
+
+The library is imported inside each function (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +11,27 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.live import Live
-from rich.table import Table
 
-from lab.cli.app import command, console, err_console, print_json
+from lab.cli.app import command, err_console, print_json
+from lab.cli.app import console as _console
+from lab.cli.options import JsonOpt, NameOpt, OutputOpt, duration_option, lab_name, seconds
 from lab.errors import InputError
-from lab.lab import Lab, default_lab_name
-from lab.load import OUTCOMES, ClientSlice, LoadResult, LoadRun, LoadSpec
-from lab.models.common import parse_duration
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from lab.lab import Lab
+    from lab.load import ClientSlice, LoadResult, LoadRun, LoadSpec
 
 EXAMPLES = (
     "Examples:\n\n  lab load accounts --rate 500 --duration 30s\n\n"
-    "  lab load accounts --rate 200 --duration 60 --connections per-request --json result.json\n\n"
-    "  lab load catalog --rate 100 --rate-end 2000 --duration 2m --record run.jsonl --interval 5\n\n"
-    "  lab load accounts --rate 1000 --duration 10 --via pod --target accounts-0"
+    "  lab load accounts --rate 200 --duration 60 --connections per-request --json --output result.json\n\n"
+    "  lab load catalog --rate 100 --rate-end 2000 --duration 2m --record run.jsonl --interval 5s\n\n"
+    "  lab load accounts --rate 1000 --duration 10 --via pod --target accounts-0 --timeout 500ms"
 )
-
-
-def _seconds(text: str, what: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise InputError(f"{what}: {exc}") from None
 
 
 def live_file(lab: Lab) -> Path:
@@ -52,6 +51,8 @@ def _slice_line(s: ClientSlice) -> str:
 
 
 def result_table(d: dict[str, Any]) -> Table:
+    from rich.table import Table  # imported at use for start-up speed
+
     spec = d["spec"]
     table = Table(
         title=f"lab load {spec['service']} via {spec['via']} ({spec['connections']}): {d['requests']} requests in "
@@ -75,6 +76,9 @@ def result_table(d: dict[str, Any]) -> Table:
 
 
 def print_result(d: dict[str, Any]) -> None:
+    from lab.load import OUTCOMES  # imported at use for start-up speed
+
+    console = _console()
     console.print(result_table(d))
     outcomes = "  ".join(f"{k} {d['outcomes'][k]}" for k in OUTCOMES)
     console.print(f"outcomes: {outcomes}")
@@ -95,33 +99,37 @@ def print_result(d: dict[str, Any]) -> None:
 def load_cmd(
     service: str = typer.Argument(..., help="Service to call, e.g. accounts."),
     rate: float = typer.Option(..., "--rate", "-r", help="Requests per second (open loop)."),
-    duration: str = typer.Option(..., "--duration", "-d", help="How long: 30, 30s, 2m."),
+    duration: str = duration_option(..., "How long", "--duration", "-d"),
     rate_end: float = typer.Option(None, "--rate-end", help="Ramp linearly from --rate to this rate."),
     connections: str = typer.Option("pooled", "--connections", "-c", help="pooled (reused) or per-request."),
     pool: int = typer.Option(16, "--pool", help="Pooled connections in total."),
-    connect_timeout: float = typer.Option(1000, "--connect-timeout", help="Connect timeout, ms."),
-    timeout: float = typer.Option(2000, "--timeout", help="RPC timeout once connected, ms."),
+    connect_timeout: str = duration_option("1s", "Connect timeout", "--connect-timeout"),
+    timeout: str = duration_option("2s", "RPC timeout once connected", "--timeout"),
     method: str = typer.Option("ping", "--method", "-m", help="ping | echo | work."),
     payload: int = typer.Option(0, "--payload", help="echo: payload bytes; work: milliseconds of work."),
     via: str = typer.Option("elb", "--via", help="elb (default), node (NodePorts) or pod."),
     target: str = typer.Option(None, "--target", help="Only this ELB node / node / pod (default: all, round robin)."),
     source: str = typer.Option(None, "--from", help="Host to send from (default: the client tier; pods: their node)."),
     workers: int = typer.Option(None, "--workers", help="Worker processes (default: one per 3,000 req/s)."),
-    json_file: str = typer.Option(None, "--json", help="Write the JSON result to FILE ('-': stdout)."),
+    json_out: bool = JsonOpt,
+    output: Path = OutputOpt,
     record: Path = typer.Option(None, "--record", help="Also record ELB, node and client metrics to RUN.jsonl."),
-    interval: float = typer.Option(60.0, "--interval", "-i", help="Recording interval, seconds (>= 1)."),
-    name: str = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up)."),
+    interval: str = duration_option("60s", "Recording interval (>= 1s)", "--interval", "-i"),
+    name: str = NameOpt,
 ) -> None:
     """Send open-loop Thrift load through the lab and report outcomes and latency (HDR histograms)."""
+    from lab.lab import Lab  # imported at use for start-up speed
+    from lab.load import LoadRun, LoadSpec
+
     spec = LoadSpec(
         service=service,
         rate=rate,
-        duration=_seconds(duration, "--duration"),
+        duration=seconds(duration, "--duration"),
         rate_end=rate_end,
         connections=connections,
         pool=pool,
-        connect_timeout=connect_timeout / 1000,
-        timeout=timeout / 1000,
+        connect_timeout=seconds(connect_timeout, "--connect-timeout"),
+        timeout=seconds(timeout, "--timeout"),
         method=method,
         payload=payload,
         via=via,
@@ -130,18 +138,19 @@ def load_cmd(
         workers=workers,
     )
     spec.validate()  # bad numbers fail before the lab is even looked at
+    interval_s = seconds(interval, "--interval")
     if record is not None:
         from lab.metrics.recorder import check_interval
 
-        check_interval(interval)
-    lab = Lab.load(name or default_lab_name())
+        check_interval(interval_s)
+    lab = Lab.load(lab_name(name))
     run = LoadRun(lab, spec)
     recorder = None
     if record is not None:
-        from lab.metrics import Recorder
+        from lab.metrics.recorder import Recorder
 
-        recorder = Recorder(lab, record, interval=interval, client=run, note=f"lab load {service}")
-    quiet = json_file == "-"
+        recorder = Recorder(lab, record, interval=interval_s, client=run, note=f"lab load {service}")
+    quiet = json_out
     live_path = live_file(lab)
     live_path.write_text("")
 
@@ -171,19 +180,19 @@ def load_cmd(
                 recorder.event("load ended", interrupted=interrupted)
             recorder.stop()
     data = result.to_dict()
-    if json_file == "-":
+    if output is not None:
+        try:
+            output.write_text(json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            raise InputError(f"--output {output}: {exc.strerror}") from None
+    if json_out:
         print_json(data)
     else:
-        if json_file:
-            try:
-                Path(json_file).write_text(json.dumps(data, indent=2) + "\n")
-            except OSError as exc:
-                raise InputError(f"--json {json_file}: {exc.strerror}") from None
         print_result(data)
-        if json_file:
-            console.print(f"JSON result: {json_file}")
+        if output is not None:
+            _console().print(f"JSON result: {output}")
         if record is not None:
-            console.print(f"recorded: {record} (plot it: lab plot {record} -o run.png)")
+            _console().print(f"recorded: {record} (plot it: lab plot {record} -o run.png)")
     if interrupted:
         print("Interrupted: partial result above; every load worker has exited.", file=sys.stderr, flush=True)
         raise typer.Exit(130)
@@ -194,8 +203,10 @@ def _follow(run: LoadRun, spec: LoadSpec, quiet: bool) -> LoadResult:
     started = time.monotonic()
     if quiet:
         return run.wait()
-    if err_console.is_terminal:
-        with Live(console=err_console, refresh_per_second=4, transient=True) as live:
+    if sys.stderr.isatty() and err_console().is_terminal:
+        from rich.live import Live  # imported at use for start-up speed
+
+        with Live(console=err_console(), refresh_per_second=4, transient=True) as live:
             for s in run.slices():
                 left = max(0.0, spec.duration - (time.monotonic() - started))
                 live.update(f"[bold]lab load[/] {spec.service}: {_slice_line(s)}  ({left:.0f}s left)")

@@ -1,4 +1,7 @@
-"""`lab metrics`, `lab top`, `lab plot`: the ELB's CloudWatch metrics, node counters and client outcomes."""
+"""`lab metrics`, `lab top`, `lab plot`: the ELB's CloudWatch metrics, node counters and client outcomes.
+
+The library is imported inside each function (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,20 @@ import queue
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Group
-from rich.live import Live
-from rich.table import Table
 
-from lab.cli.app import command, console, err_console, print_json
+from lab.cli.app import command, err_console, print_json
+from lab.cli.app import console as _console
+from lab.cli.options import JsonOpt, NameOpt, duration_option, lab_name, output_option, seconds
 from lab.errors import InputError
-from lab.lab import Lab, default_lab_name
 
-NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up).")
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
+
+    from lab.lab import Lab
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -32,6 +37,8 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def elb_table(record: dict[str, Any], header: dict[str, Any]) -> Table:
     """One row per CloudWatch metric, one column per ELB node (and per AZ when an AZ has several), then all."""
+    from rich.table import Table  # imported at use for start-up speed
+
     m = record["elb"]["metrics"]
     span = record["t_end"] - record["t_start"]
     azs = {e["name"]: e["az"] for e in header["elb_nodes"]}
@@ -57,6 +64,8 @@ def elb_table(record: dict[str, Any], header: dict[str, Any]) -> Table:
 
 
 def errors_line(record: dict[str, Any]) -> Table | str:
+    from rich.table import Table  # imported at use for start-up speed
+
     bce = record["elb"]["backend_connection_errors"]
     title = (
         f"BackendConnectionErrors: {bce['health_check']} health check, {bce['traffic']} traffic "
@@ -98,6 +107,8 @@ NODE_ROWS = [
 
 
 def nodes_table(record: dict[str, Any]) -> Table | None:
+    from rich.table import Table  # imported at use for start-up speed
+
     nodes = record.get("nodes") or {}
     if not nodes:
         return None
@@ -111,6 +122,8 @@ def nodes_table(record: dict[str, Any]) -> Table | None:
 
 
 def client_table(client: dict[str, Any] | None, title: str = "Client") -> Table | None:
+    from rich.table import Table  # imported at use for start-up speed
+
     if not client:
         return None
     table = Table(title=f"{title}: {client['requests']} requests ({client['rate']}/s)", title_justify="left")
@@ -138,6 +151,8 @@ def client_table(client: dict[str, Any] | None, title: str = "Client") -> Table 
 
 
 def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str, Any] | None = None) -> Group:
+    from rich.console import Group  # imported at use for start-up speed
+
     parts = [
         elb_table(record, header),
         errors_line(record),
@@ -148,7 +163,7 @@ def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str
 
 
 def _recorder(lab: Lab, interval: float, record: Path | None, nodes: bool):
-    from lab.metrics import Recorder
+    from lab.metrics.recorder import Recorder
 
     return Recorder(lab, record, interval=interval, nodes=nodes, note="lab metrics")
 
@@ -159,28 +174,31 @@ def _recorder(lab: Lab, interval: float, record: Path | None, nodes: bool):
     "  lab metrics -i 5 --json\n\n  lab metrics -i 5 --prometheus",
 )
 def metrics_cmd(
-    interval: float = typer.Option(60.0, "--interval", "-i", help="Interval length, seconds (1-3600; CloudWatch: 60)."),
+    interval: str = duration_option("60s", "Interval length (1s-1h; CloudWatch: 1m)", "--interval", "-i"),
     watch: bool = typer.Option(False, "--watch", "-w", help="Keep going: one table set per interval until Ctrl-C."),
     record: Path = typer.Option(None, "--record", help="Also write the time series (JSON lines) to FILE."),
     nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Sample node counters too."),
     prometheus: bool = typer.Option(False, "--prometheus", help="Print Prometheus text exposition instead."),
-    json_out: bool = typer.Option(False, "--json", help="Print the interval as JSON (with --watch: one line each)."),
+    json_out: bool = JsonOpt,
     name: str = NameOpt,
 ) -> None:
-    """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics."""
-    from lab.metrics import to_prometheus
+    """Measure the lab over one interval (or every interval with --watch) and show the ELB, node and client metrics.
+
+    --json prints the interval as JSON (with --watch: one line per interval)."""
+    from lab.lab import Lab  # imported at use for start-up speed
+    from lab.metrics.exposition import to_prometheus
     from lab.metrics.recorder import check_interval
 
-    check_interval(interval)
-    lab = Lab.load(name or default_lab_name())
+    interval = check_interval(seconds(interval, "--interval"))
+    lab = Lab.load(lab_name(name))
     rec = _recorder(lab, interval, record, nodes)
     got: queue.Queue = queue.Queue()
     rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
     rec.start()
     try:
         while True:
-            if not json_out and not prometheus and err_console.is_terminal:
-                with err_console.status(f"measuring one {interval:g}s interval (Ctrl-C to stop)"):
+            if not json_out and not prometheus and sys.stderr.isatty() and err_console().is_terminal:
+                with err_console().status(f"measuring one {interval:g}s interval (Ctrl-C to stop)"):
                     r = _next(got, interval)
             else:
                 r = _next(got, interval)
@@ -193,7 +211,7 @@ def metrics_cmd(
                 sys.stdout.write(to_prometheus(rec.header, r))
                 sys.stdout.flush()
             else:
-                console.print(record_view(r, rec.header))
+                _console().print(record_view(r, rec.header))
             if not watch:
                 break
     finally:
@@ -245,21 +263,36 @@ def _live_clients(lab: Lab) -> dict[str, Any] | None:
     "  (and in another terminal: lab load accounts --rate 500 --duration 2m)",
 )
 def top_cmd(
-    interval: float = typer.Option(5.0, "--interval", "-i", help="Refresh interval, seconds (>= 1)."),
+    interval: str = duration_option("5s", "Refresh interval (>= 1s)", "--interval", "-i"),
     count: int = typer.Option(0, "--count", help="Stop after this many intervals (0: until Ctrl-C)."),
     name: str = NameOpt,
+    json_out: bool = typer.Option(
+        False, "--json", help="One JSON line per interval (the live view's data, with the running loads' clients)."
+    ),
 ) -> None:
     """A live view: ELB metrics per ELB node and AZ, node conntrack fill, and the client outcomes of running loads."""
+    from rich.console import Group  # imported at use for start-up speed
+    from rich.live import Live
+
+    from lab.lab import Lab
     from lab.metrics.recorder import check_interval
 
-    check_interval(interval)
-    lab = Lab.load(name or default_lab_name())
+    interval = check_interval(seconds(interval, "--interval"))
+    lab = Lab.load(lab_name(name))
     rec = _recorder(lab, interval, None, True)
     got: queue.Queue = queue.Queue()
     rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
     rec.start()
     shown = 0
     try:
+        if json_out:
+            while count == 0 or shown < count:
+                line = {**_next(got, interval), "live_clients": _live_clients(lab)}
+                sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+                shown += 1
+            return
+        console = _console()
         with Live(console=console, refresh_per_second=2, screen=console.is_terminal and count == 0) as live:
             live.update(f"lab top {lab.name}: first interval in {interval:g}s (Ctrl-C to quit)")
             while count == 0 or shown < count:
@@ -280,22 +313,22 @@ def top_cmd(
 )
 def plot_cmd(
     run: Path = typer.Argument(..., help="A time series recorded by `lab load --record` or `lab metrics --record`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Image to write (.png, .svg, .pdf)."),
+    out: Path = output_option("Image to write (.png, .svg, .pdf).", required=True),
     title: str = typer.Option(None, "--title", help="Title (default: the lab and its settings)."),
-    json_out: bool = typer.Option(False, "--json", help="Print what was drawn as JSON."),
+    json_out: bool = JsonOpt,
 ) -> None:
     """Draw BackendConnectionErrors and RequestCount over time (like the seed's ELB graphs) and client latency."""
     from lab.metrics.plot import plot_run
 
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise InputError(f"--out {out}: use a .png, .svg or .pdf file name")
+        raise InputError(f"--output {out}: use a .png, .svg or .pdf file name")
     if not run.is_file():
         raise InputError(f"{run}: no such file; record a run with `lab load ... --record {run}`")
     info = plot_run(run, out, title)
     if json_out:
         print_json(info)
     else:
-        console.print(
+        _console().print(
             f"wrote {info['out']}: {info['intervals']} intervals" + (", client latency" if info["client"] else "")
         )
 

@@ -1,35 +1,33 @@
-"""`lab scenario list|validate|run|metrics` and `lab matrix`: replay hypotheses and answer the seed's question."""
+"""`lab scenario list|validate|run|metrics` and `lab matrix`: replay hypotheses and answer the seed's question.
+
+The library is imported inside each command (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from lab.backends import get_backend
 from lab.cli.app import app, command, console, print_json, progress
+from lab.cli.options import BackendOpt, JsonOpt, ReportOpt, set_option
+from lab.cli.views import finish_matrix
 from lab.errors import InputError
-from lab.models.scenario import OBSERVATIONS
-from lab.models.yamlio import read_yaml
-from lab.scenarios import report
-from lab.scenarios.loader import builtin, expand_sweep, load_scenario
-from lab.scenarios.matrix import QUICK_SCALE, run_matrix
-from lab.scenarios.metrics import CATALOG
 
 scenario_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Replay one hypothesis as a scenario; list and validate them."
 )
 app.add_typer(scenario_app, name="scenario")
 
-JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
-BackendOpt = typer.Option("netns", "--backend", "-b", help="netns (default) or kind.")
-ReportOpt = typer.Option(Path("reports/latest"), "--report", help="Directory for report.md/html, junit.xml, ...")
-
 
 @command("list", on=scenario_app, epilog="Example:\n\n  lab scenario list")
 def list_cmd(json_out: bool = JsonOpt) -> None:
     """The built-in scenarios (scenarios/*.yaml): their titles and the observations they claim to explain."""
+    from rich.table import Table  # imported at use for start-up speed
+
+    from lab.models.yamlio import read_yaml
+    from lab.scenarios.loader import builtin
+
     rows = []
     for path in builtin():
         data = read_yaml(path) or {}
@@ -49,7 +47,7 @@ def list_cmd(json_out: bool = JsonOpt) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["id"], r["title"], " ".join(r["observations"]) or "-")
-    console.print(table)
+    console().print(table)
 
 
 @command(
@@ -63,6 +61,8 @@ def validate_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Check scenarios completely (schema, topology overrides, fault kinds and targets, metrics), running nothing."""
+    from lab.scenarios.loader import expand_sweep, load_scenario  # imported at use for start-up speed
+
     out = []
     for name in files:
         loaded = load_scenario(name)
@@ -82,7 +82,7 @@ def validate_cmd(
     else:
         for o in out:
             sweep = f", {o['sweep_points']} sweep point(s)" if o["sweep_points"] else ""
-            console.print(
+            console().print(
                 f"{o['file']}: ok ({len(o['variants'])} variant(s){sweep}, {o['seconds']:g}s per run at full scale)"
             )
 
@@ -90,6 +90,10 @@ def validate_cmd(
 @command("metrics", on=scenario_app, epilog="Example:\n\n  lab scenario metrics")
 def metrics_cmd(json_out: bool = JsonOpt) -> None:
     """Every metric an expectation may name, with its kind and statistics."""
+    from rich.table import Table  # imported at use for start-up speed
+
+    from lab.scenarios.metrics import CATALOG
+
     rows = [{"metric": m.name, "kind": m.kind, "stats": list(m.stats), "help": m.help} for m in CATALOG.values()]
     if json_out:
         print_json(rows)
@@ -99,7 +103,7 @@ def metrics_cmd(json_out: bool = JsonOpt) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["metric"], r["kind"], ", ".join(r["stats"]), r["help"])
-    console.print(table)
+    console().print(table)
 
 
 @command(
@@ -116,7 +120,7 @@ def run_cmd(
         1.0, "--time-scale", help="Shrink the ELB's and the scenario's timers (0 < F <= 1)."
     ),
     quick: bool = typer.Option(False, "--quick", help="The scenario's own quick settings, as `lab matrix --quick`."),
-    overrides: list[str] = typer.Option([], "--set", help="Extra topology override KEY=VALUE (repeatable)."),
+    overrides: list[str] = set_option("Extra topology override KEY=VALUE (repeatable)."),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -139,9 +143,11 @@ def run_cmd(
 def matrix_cmd(
     files: list[str] = typer.Argument(None, help="Scenario files or built-in names (default: --all)."),
     use_all: bool = typer.Option(False, "--all", help="Every built-in scenario."),
-    sets: list[str] = typer.Option([], "--set", help="KEY=V1,V2: run every scenario once per value (cross product)."),
+    sets: list[str] = set_option("Run every scenario once per value (cross product; repeatable).", metavar="KEY=V1,V2"),
     report_dir: Path = ReportOpt,
-    quick: bool = typer.Option(False, "--quick", help=f"Scaled timers (x{QUICK_SCALE:g}) and short phases: CI-sized."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Each scenario's own quick settings (scaled timers, short phases): CI-sized."
+    ),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -151,38 +157,18 @@ def matrix_cmd(
 
 
 def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
+    from lab.backends import get_backend  # imported at use for start-up speed
+    from lab.scenarios.matrix import run_matrix
+
     get_backend(backend)  # an unknown backend fails before anything runs
     with progress("lab matrix" if len(files) != 1 else f"lab scenario {files[0]}") as step:
-        return run_matrix(files, use_all, sets + list(overrides), report_dir, quick, scale, step, backend)
-
-
-def finish_matrix(results: dict, json_out: bool) -> None:
-    if json_out:
-        print_json(results)
-    else:
-        print_table(results)
-        console.print(f"reports: {results['files']['report.html']} (also report.md, junit.xml, results.json)")
-    if any(s["status"] != "passed" for s in results["scenarios"]):
-        raise typer.Exit(1)
-
-
-def print_table(results: dict) -> None:
-    table = Table(title="Which hypothesis reproduces which seed observation", title_justify="left")
-    table.add_column("hypothesis (scenario)")
-    for o in OBSERVATIONS:
-        table.add_column(f"{o} {report.OBSERVATION_TEXT[o]}", overflow="fold")
-    table.add_column("verdict")
-    for row in report.table_rows(results):
-        styled = []
-        for c in row[1:-1]:
-            style = "green" if c.startswith("YES") else ("red" if c.startswith("no") else "dim")
-            styled.append(f"[{style}]{c}[/]")
-        verdict = row[-1]
-        table.add_row(row[0], *styled, f"[{'green' if verdict == 'passed' else 'red'}]{verdict}[/]")
-    console.print(table)
-    for s in results["scenarios"]:
-        for e in s.get("expectations", []):
-            if not e["passed"]:
-                console.print(f"[red]FAILED[/] {s['id']}: {e['text']} (measured {e['measured']})")
-        if s.get("error"):
-            console.print(f"[red]ERROR[/] {s['id']}: {s['error']}")
+        return run_matrix(
+            files,
+            use_all=use_all,
+            sets=sets + list(overrides),
+            report_dir=report_dir,
+            quick=quick,
+            time_scale=scale,
+            progress=step,
+            backend=backend,
+        )

@@ -1,4 +1,7 @@
-"""Teaching commands: trace (one connection, hop by hop), explain (the rules, statically), diagnose (a node)."""
+"""Teaching commands: trace (one connection, hop by hop), explain (the rules, statically), diagnose (a node).
+
+The library is imported inside each command (at use, for start-up speed): `lab --help` stays light.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,22 @@ from pathlib import Path
 import typer
 
 from lab.cli.app import command, console, print_json, progress
-from lab.lab import Lab, default_lab_name
-
-NameOpt = typer.Option(None, "--name", "-n", help="Lab name (default: the one lab that is up, else 'default').")
-JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
+from lab.cli.options import (
+    JsonOpt,
+    NameOpt,
+    TimeoutOpt,
+    duration_option,
+    lab_name,
+    seconds,
+    set_option,
+    topology_option,
+)
+from lab.errors import InputError
 
 
 @command(
     "trace",
-    epilog="Examples:\n\n  lab trace accounts\n\n  lab trace catalog --via node --target node-b1\n\n"
+    epilog="Examples:\n\n  lab trace accounts\n\n  lab trace catalog --via node --target node-b1 --timeout 2s\n\n"
     "  lab trace accounts --target elb-a1 --diagram trace.svg --mermaid\n\n  lab trace accounts --json\n\n"
     "  lab trace accounts --save-evidence t.json   then, anywhere:  lab trace accounts --evidence t.json",
 )
@@ -27,7 +37,7 @@ def trace_cmd(
         None, "--target", help="Which ELB node (--via elb) or node (--via node); random if unset."
     ),
     source: str = typer.Option(None, "--from", help="Host the connection starts from (default: the client tier)."),
-    timeout: float = typer.Option(5.0, "--timeout", help="Connect and RPC timeout in seconds."),
+    timeout: str = TimeoutOpt,
     diagram: Path = typer.Option(None, "--diagram", help="Also draw the path and its AZs into this .svg or .png."),
     show_mermaid: bool = typer.Option(False, "--mermaid", help="Also print the path as a Mermaid flowchart."),
     save_to: Path = typer.Option(
@@ -43,12 +53,13 @@ def trace_cmd(
 
     A connection that fails is traced too (exit code 0: the trace worked); --json says "ok": false.
     """
-    from lab.errors import InputError
+    from lab.lab import Lab  # imported at use for start-up speed
     from lab.teach.diagram import mermaid, render_image, trace_json
     from lab.teach.hops import assemble
     from lab.teach.trace import load_evidence, resolve_target, save_evidence, trace_evidence
     from lab.teach.views import trace_tree
 
+    timeout_s = seconds(timeout, "--timeout")
     if diagram is not None and diagram.suffix.lower() not in (".svg", ".png"):
         raise InputError(f"--diagram {diagram}: the file name must end in .svg or .png")
     if evidence_in is not None:
@@ -56,11 +67,11 @@ def trace_cmd(
         if evidence.service != service:
             raise InputError(f"--evidence {evidence_in}: it traced service '{evidence.service}', not '{service}'")
     else:
-        lab = Lab.load(name or default_lab_name())
+        lab = Lab.load(lab_name(name))
         tgt = resolve_target(lab, service, via, source, target)  # bad input fails here, before any traffic
         with progress(f"lab trace {service}", quiet=json_out) as step:
             step(f"tracing one connection: {tgt.describe()}")
-            evidence = trace_evidence(lab, service, via, tgt.source.name, tgt.hop, timeout)
+            evidence = trace_evidence(lab, service, via, tgt.source.name, tgt.hop, timeout_s)
     if save_to is not None:
         save_evidence(evidence, save_to)
     result = assemble(evidence)
@@ -69,11 +80,11 @@ def trace_cmd(
     if json_out:
         print_json(trace_json(result))
     else:
-        console.print(trace_tree(result), soft_wrap=False)
+        console().print(trace_tree(result), soft_wrap=False)
         if show_mermaid:
             sys.stdout.write("\n" + mermaid(result))
         if diagram is not None:
-            console.print(f"diagram: {diagram}")
+            console().print(f"diagram: {diagram}")
 
 
 @command(
@@ -84,10 +95,8 @@ def trace_cmd(
 )
 def explain_cmd(
     service: str = typer.Argument(None, help="Only this service (default: every service)."),
-    topology: Path = typer.Option(
-        None, "--topology", "-t", help="Explain this topology file; no lab needs to be up (default: the lab's)."
-    ),
-    overrides: list[str] = typer.Option([], "--set", help="Override a topology field: KEY=VALUE (with -t)."),
+    topology: Path = topology_option("Explain this topology file; no lab needs to be up (default: the lab's)."),
+    overrides: list[str] = set_option("Override a topology field: KEY=VALUE (with -t; repeatable)."),
     node: str = typer.Option(None, "--node", help="Only this node's rules."),
     brief: bool = typer.Option(False, "--brief", help="Summaries only, without the rules."),
     name: str = NameOpt,
@@ -95,37 +104,19 @@ def explain_cmd(
 ) -> None:
     """Static walk-through: ELB listeners and health check, each node's KUBE-* rules in order, in plain words.
 
-    Sends no traffic. Without -t it explains the running lab (or topologies/default.yaml when none is up).
+    Sends no traffic. Without -t it explains the lab (or topologies/default.yaml when no lab is named and the
+    default lab is not up).
     """
+    from lab.lifecycle import topology_of  # imported at use for start-up speed
     from lab.teach.explain import explain
     from lab.teach.views import explain_view
 
-    topo, scale = _topology(topology, overrides, name)
-    data = explain(topo, service, node, scale)
+    topo, time_scale = topology_of(topology, overrides, name)
+    data = explain(topo, service, node, time_scale)
     if json_out:
         print_json(data)
         return
-    console.print(explain_view(data, show_rules=not brief), soft_wrap=False)
-
-
-def _topology(path: Path | None, overrides: list[str], name: str | None):
-    from lab import lifecycle
-    from lab.errors import InputError, LabStateError
-
-    if path is not None:
-        return lifecycle.load_topology(path, overrides), 1.0
-    if overrides:
-        raise InputError("--set needs -t FILE (a running lab's topology is fixed)")
-    try:
-        lab = Lab.load(name or default_lab_name())
-        return lab.topology, lab.time_scale
-    except LabStateError:
-        if name:
-            raise
-    default = Path("topologies/default.yaml")
-    if not default.exists():
-        default = Path(__file__).resolve().parents[3] / "topologies" / "default.yaml"
-    return lifecycle.load_topology(default, []), 1.0
+    console().print(explain_view(data, show_rules=not brief), soft_wrap=False)
 
 
 @command(
@@ -136,7 +127,7 @@ def _topology(path: Path | None, overrides: list[str], name: str | None):
 def diagnose_cmd(
     host: str = typer.Argument(None, help="Lab host to check (see `lab status`), e.g. node-a1."),
     local: bool = typer.Option(False, "--local", help="Check this machine's current namespace instead (read-only)."),
-    interval: float = typer.Option(1.0, "--interval", help="Seconds between the two samples (0: one sample)."),
+    interval: str = duration_option("1s", "Time between the two samples (0: one sample; at most 1m)", "--interval"),
     name: str = NameOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -144,23 +135,21 @@ def diagnose_cmd(
 
     Each finding names the exact command that shows it. Exit code 0 whatever the verdict; --json has "verdict".
     """
-    from lab.errors import InputError
-    from lab.teach.diagnose import diagnose, local_host
+    from lab.teach.diagnose import diagnose, diagnose_lab_host, local_host  # imported at use for start-up speed
     from lab.teach.views import findings_view
 
     if local == (host is not None):
         raise InputError("give a lab HOST or --local (not both); e.g. `lab diagnose node-a1`")
-    if not 0 <= interval <= 60:
-        raise InputError(f"--interval {interval:g}: must be between 0 and 60 seconds")
-    if local:
-        target, prefix = local_host(), ""
-    else:
-        lab = Lab.load(name or default_lab_name())
-        target, prefix = lab.host(host), f"lab exec {host} -n {lab.name} -- "
-    with progress(f"lab diagnose {target.name}", quiet=json_out) as step:
-        step("sampling the toolbox twice" if interval > 0 else "sampling the toolbox")
-        report = diagnose(target, interval, prefix, kernel_log=local)
+    interval_s = seconds(interval, "--interval")
+    if not 0 <= interval_s <= 60:
+        raise InputError(f"--interval {interval}: must be between 0 and 60 seconds")
+    with progress(f"lab diagnose {host or 'local'}", quiet=json_out) as step:
+        if local:
+            step("sampling the toolbox twice" if interval_s > 0 else "sampling the toolbox")
+            report = diagnose(local_host(), interval_s, kernel_log=True)
+        else:
+            report = diagnose_lab_host(lab_name(name), host, interval_s, progress=step)
     if json_out:
         print_json(report)
         return
-    console.print(findings_view(report), soft_wrap=False)
+    console().print(findings_view(report), soft_wrap=False)
