@@ -52,8 +52,9 @@ def run_points(
         entry["hypothesis_id"] = loaded.id
         entry["point"] = list(loaded.point)
         entry["command"] = command_for(incident, loaded, quick, report_dir)
-        for run in entry["runs"]:
-            run.pop("intervals", None)  # the journal holds them
+        for trial in entry["trials"]:
+            for run in trial["runs"]:
+                run.pop("intervals", None)  # the journal holds them
         entries.append(entry)
         (report_dir / "runs.json").write_text(json.dumps({"scenarios": entries}, indent=2, default=str) + "\n")
     return entries
@@ -75,7 +76,9 @@ def read_runs(report_dir: Path) -> list[RunData]:
     for e in entries:
         hyp = e.get("hypothesis_id") or e["id"].split("[", 1)[0]
         point = tuple(e.get("point") or (e["id"].split("[", 1)[1].rstrip("]").split(",") if "[" in e["id"] else ()))
-        for run in e.get("runs", []):
+        # `lab matrix` and `lab fit` write trials (repeats), each with its runs; older reports had runs only
+        trials = e.get("trials") or [{"runs": e.get("runs", [])}]
+        for run in (r for t in trials for r in t.get("runs", [])):
             journal = report_dir / run["journal"]
             if not journal.exists():
                 continue

@@ -6,6 +6,8 @@ The observations (../shared/DOMAIN.md) as checks on recorded metrics:
   O3 after traffic moves away: the errors stay at a floor with no client connections;
   O4 clients see timeouts and higher latency;
   O5 the same ELB in front of healthy instances: ~0 BackendConnectionErrors.
+Each result has `reproduced`, a `figure` in words and its numbers as `values` (the headline first; the unit
+is in the name: _per_min, _ms, _share, ratio), which repeated trials aggregate (lab.scenarios.aggregate).
 """
 
 from __future__ import annotations
@@ -117,14 +119,25 @@ def _o1(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
         floors.append((run["instances"], _stat(run, "elb.BackendConnectionErrors", idle, scale) or 0.0, run["variant"]))
     text = ", ".join(f"{f:.0f}/min with {n} instances" for n, f, _ in floors)
     if any(f <= 0 for _, f, _ in floors):
-        return {"reproduced": False, "figure": text}
+        return {"reproduced": False, "figure": text, "values": _floor_values(floors)}
     sizes = sorted({n for n, _, _ in floors})
     if len(sizes) < 2:
-        return {"reproduced": None, "figure": f"{text}; proportionality not tested (one size)"}
+        return {
+            "reproduced": None,
+            "figure": f"{text}; proportionality not tested (one size)",
+            "values": _floor_values(floors),
+        }
     (n_lo, f_lo, _), (n_hi, f_hi, _) = min(floors), max(floors)
     ratio, want = f_hi / f_lo, n_hi / n_lo
     ok = abs(ratio / want - 1) <= 0.25
-    return {"reproduced": ok, "figure": f"{text} (x{ratio:.2f} for x{want:.2f} instances)"}
+    values = {"ratio": ratio, **_floor_values(floors)}
+    return {"reproduced": ok, "figure": f"{text} (x{ratio:.2f} for x{want:.2f} instances)", "values": values}
+
+
+def _floor_values(floors: list[tuple[int, float, str]]) -> dict[str, float]:
+    if len(floors) == 1:
+        return {"floor_per_min": floors[0][1]}
+    return {f"{variant}.floor_per_min": f for _, f, variant in floors}
 
 
 def _o2(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
@@ -146,11 +159,12 @@ def _o2(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
     return {
         "reproduced": 0 < share < 0.5,  # the seed: ~10% succeed (some, not none)
         "figure": f"{share:.0%} of backend connections succeeded during {name} ({ok:.0f} made, {bad:.0f} errors)",
+        "values": {"success_share": share, "made": ok, "errors": bad},
     }
 
 
 def _o3(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
-    figures, verdicts = [], []
+    figures, verdicts, values = [], [], {}
     for run in runs:
         after = _first(run, ("recovery", "idle"), after_load=True)
         if after is None:
@@ -162,11 +176,13 @@ def _o3(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
         floor = _stat(run, "elb.BackendConnectionErrors", {**after, "t_start": mid}, scale) or 0.0
         requests = _stat(run, "client.requests", {**after, "t_start": mid}, scale, "sum") or 0
         verdicts.append(floor > 0 and floor >= 0.5 * early and requests == 0)
+        prefix = f"{run['variant']}." if len(runs) > 1 else ""
+        values.update({f"{prefix}floor_per_min": floor, f"{prefix}early_per_min": early, f"{prefix}requests": requests})
         trend = "" if floor >= 0.5 * early else f", down from {early:.0f}/min"
         figures.append(f"{floor:.0f}/min during {after['name']}{trend} with {requests:.0f} client requests")
     if not verdicts:
         return {"reproduced": None, "figure": "no idle or recovery phase after load"}
-    return {"reproduced": all(verdicts), "figure": "; ".join(figures)}
+    return {"reproduced": all(verdicts), "figure": "; ".join(figures), "values": values}
 
 
 def _o4(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
@@ -188,6 +204,7 @@ def _o4(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
     return {
         "reproduced": timeouts >= TIMEOUT_RATIO and (p99 >= SLOW_P99_MS or timeouts >= 0.01),
         "figure": f"{timeouts:.1%} timeouts, p99 {p99:.0f} ms during {name}",
+        "values": {"timeout_ratio": timeouts, "p99_ms": p99},
     }
 
 
@@ -200,4 +217,8 @@ def _o5(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
             total += _stat(run, "elb.BackendConnectionErrors", p, scale, "sum") or 0
             minutes += (p["t_end"] - p["t_start"]) / scale / 60
     rate = total / minutes if minutes else 0.0
-    return {"reproduced": rate < 1.0, "figure": f"{rate:.1f} errors/min over {minutes:.0f} ELB minutes"}
+    return {
+        "reproduced": rate < 1.0,
+        "figure": f"{rate:.1f} errors/min over {minutes:.0f} ELB minutes",
+        "values": {"errors_per_min": rate, "elb_minutes": minutes},
+    }

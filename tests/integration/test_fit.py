@@ -70,7 +70,7 @@ def test_fit_runs_each_sweep_point_and_ranks_the_matching_one(tmp_path):
     assert ranked[0].endswith("[elb.nodes_per_az=2]") and ranked[1].endswith("[elb.nodes_per_az=1]")
     # one journal per point, each from a lab with that many ELB nodes, and the command that replays it
     journals = sorted(p.name for p in report.glob("*.jsonl"))
-    assert journals == ["floorelb-nodes_per_az-1-default.jsonl", "floorelb-nodes_per_az-2-default.jsonl"]
+    assert journals == ["floorelb-nodes_per_az-1-default-r1.jsonl", "floorelb-nodes_per_az-2-default-r1.jsonl"]
     header = json.loads((report / journals[1]).read_text().splitlines()[0])
     assert len(header["elb_nodes"]) == 6
     assert f"--sweep elb.nodes_per_az=2 --quick --report {report}" in row["command"]

@@ -42,7 +42,7 @@ def test_steady_load_through_the_elb_is_ok_and_counted_by_haproxy(make_lab, tmp_
         app,
         [
             *("load", "accounts", "-n", lab.name, "--rate", "300", "--duration", "10s"),
-            *("--connections", "per-request", "--json", str(out)),
+            *("--connections", "per-request", "--output", str(out)),
         ],
     )
     assert res.exit_code == 0, res.output

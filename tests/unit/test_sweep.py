@@ -58,8 +58,9 @@ def test_a_sweep_given_from_outside_replaces_the_files(tmp_path):
 
 def test_the_matrix_runs_every_point(tmp_path):
     loaded = load_all([str(write(tmp_path, SWEPT))], False, [["nodes_per_az=2"]])
-    assert len(loaded) == 4 and all(p.extra == ("nodes_per_az=2",) for p in loaded)
-    assert len(loaded[0].topology("default", extra=list(loaded[0].extra)).k8s_nodes) == 6
+    assert len(loaded) == 4 and all(combo == ["nodes_per_az=2"] for _, combo in loaded)
+    first, combo = loaded[0]
+    assert len(first.topology("default", extra=combo).k8s_nodes) == 6 and len(first.topology("default").elb_nodes) == 3
 
 
 @pytest.mark.parametrize(

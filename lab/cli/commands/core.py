@@ -14,12 +14,14 @@ from typer.core import TyperCommand
 from lab.cli.app import command, console, print_json, progress
 from lab.cli.options import (
     BackendOpt,
+    FromOpt,
     JsonOpt,
     NameOpt,
     SetOpt,
     TimeoutOpt,
     TimeScaleOpt,
     TopologyOpt,
+    ViaOpt,
     lab_name,
     name_option,
     seconds,
@@ -133,11 +135,11 @@ def call_cmd(
     service: str = typer.Argument(..., help="Service name, e.g. accounts."),
     method: str = typer.Argument(..., help="ping | echo SIZE|TEXT | work MS | whoami"),
     args: list[str] = typer.Argument(None, help="Method arguments."),
-    via: str = typer.Option("elb", "--via", help="elb (default), node (its NodePort) or pod (from the pod's node)."),
+    via: str = ViaOpt,
     target: str = typer.Option(
         None, "--target", help="Which ELB node / node / pod (default: random, like DNS round robin)."
     ),
-    source: str = typer.Option(None, "--from", help="Host to call from (default: the client tier)."),
+    source: str = FromOpt,
     timeout: str = TimeoutOpt,
     name: str = NameOpt,
     json_out: bool = JsonOpt,

@@ -19,6 +19,20 @@ scenario_app = typer.Typer(
 )
 app.add_typer(scenario_app, name="scenario")
 
+# CI's budget: `make test` is ~9 min of pytest plus the quick matrix (~5.5 min per repeat here); 3 repeats
+# keep it near 26 min of the 90, and give every cell an agreement count (YES 3/3, FLAKY 2/3).
+MATRIX_REPEAT = 3
+
+
+def repeat_option(default: int) -> typer.Option:
+    return typer.Option(
+        default,
+        "--repeat",
+        metavar="N",
+        help="Run each scenario N times; verdicts become agreement counts (YES 3/3, FLAKY 2/3), figures medians "
+        "with their spread.",
+    )
+
 
 @command("list", on=scenario_app, epilog="Example:\n\n  lab scenario list")
 def list_cmd(json_out: bool = JsonOpt) -> None:
@@ -111,7 +125,8 @@ def metrics_cmd(json_out: bool = JsonOpt) -> None:
     on=scenario_app,
     epilog="Examples:\n\n  lab scenario run baseline --quick\n\n"
     "  lab scenario run hc-fanout --time-scale 0.5\n\n"
-    "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout",
+    "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout\n\n"
+    "  lab scenario run conntrack-exhaustion --quick --repeat 5",
 )
 def run_cmd(
     file: str = typer.Argument(..., help="Scenario file or built-in name."),
@@ -121,16 +136,18 @@ def run_cmd(
     ),
     quick: bool = typer.Option(False, "--quick", help="The scenario's own quick settings, as `lab matrix --quick`."),
     overrides: list[str] = set_option("Extra topology override KEY=VALUE (repeatable)."),
+    repeat: int = repeat_option(1),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails."""
+    """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails
+    in any counted run."""
     if not 0 < time_scale <= 1:
         raise InputError(f"--time-scale {time_scale:g}: must be > 0 and <= 1")
     if quick and time_scale != 1:
         raise InputError("--quick and --time-scale: choose one (--quick uses the scenario's quick time scale)")
     scale = None if quick else time_scale
-    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend)
+    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend, repeat, None)
     finish_matrix(results, json_out)
 
 
@@ -138,7 +155,8 @@ def run_cmd(
     "matrix",
     epilog="Examples:\n\n  lab matrix --all --quick\n\n"
     "  lab matrix scenarios/hc-fanout.yaml --set nodes_per_az=1,2,3 --report reports/fanout\n\n"
-    "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration",
+    "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration\n\n"
+    "  lab matrix --all --quick --repeat 5 --shard 2/4 --report reports/shard-2   # then: lab report merge",
 )
 def matrix_cmd(
     files: list[str] = typer.Argument(None, help="Scenario files or built-in names (default: --all)."),
@@ -148,15 +166,25 @@ def matrix_cmd(
     quick: bool = typer.Option(
         False, "--quick", help="Each scenario's own quick settings (scaled timers, short phases): CI-sized."
     ),
+    repeat: int = repeat_option(MATRIX_REPEAT),
+    shard: str = typer.Option(
+        None,
+        "--shard",
+        metavar="I/N",
+        help="Run only the I-th of N stable parts (one per machine; merge them with `lab report merge`).",
+    ),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
-    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend)
+    from lab.scenarios.matrix import Shard  # imported at use for start-up speed
+
+    part = Shard.parse(shard) if shard is not None else None
+    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend, repeat, part)
     finish_matrix(results, json_out)
 
 
-def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
+def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend, repeat, shard):
     from lab.backends import get_backend  # imported at use for start-up speed
     from lab.scenarios.matrix import run_matrix
 
@@ -171,4 +199,6 @@ def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
             time_scale=scale,
             progress=step,
             backend=backend,
+            repeat=repeat,
+            shard=shard,
         )
