@@ -136,7 +136,7 @@ def markdown(result: dict[str, Any], incident: Incident, meta: dict[str, Any]) -
 
 def plot_figure(figure: Figure, match: dict[str, Any], run: RunData | None, out: Path) -> bool:
     """The incident's figure (series, or value and tolerance band) over the closest run's series."""
-    import matplotlib  # at use: matplotlib takes ~0.5 s to import, and only reports draw
+    import matplotlib  # imported at use for start-up speed (matplotlib: ~0.5 s; only reports draw)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

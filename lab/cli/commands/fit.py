@@ -25,19 +25,24 @@ app.add_typer(incident_app, name="incident")
     "  lab fit my-incident.yaml --from reports/latest   # runs a matrix already recorded",
 )
 def fit_cmd(
-    incident: str = typer.Argument(..., help="Incident file (YAML)."),
+    incident: str = typer.Argument(..., metavar="INCIDENT", help="Incident file (YAML)."),
     scenarios: list[str] = typer.Argument(
-        None, help="Hypotheses: scenario files or built-in names (default: the incident's list)."
+        None,
+        metavar="SCENARIO",
+        help="Hypotheses: scenario files or built-in names (default: the incident's list).",
     ),
     sweep: list[str] = typer.Option(
-        [], "--sweep", help="KEY=V1,V2: a parameter axis for every named scenario (replaces their sweeps)."
+        [],
+        "--sweep",
+        metavar="KEY=V1,V2",
+        help="KEY=V1,V2: a parameter axis for every named scenario (replaces their sweeps).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Each scenario's quick settings (ELB timers x0.1)."),
     report_dir: Path = typer.Option(
         Path("reports/fit"), "--report", metavar="DIR", help="Directory for fit.md, fit.json, plots, journals."
     ),
     reuse: list[Path] = typer.Option(
-        [], "--from", help="Also fit the runs recorded in this report directory (repeatable)."
+        [], "--from", metavar="DIR", help="Also fit the runs recorded in this report directory (repeatable)."
     ),
     json_out: bool = JsonOpt,
 ) -> None:
