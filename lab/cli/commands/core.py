@@ -206,7 +206,7 @@ def exec_cmd(
 
 @command("schema", epilog="Examples:\n\n  lab schema topology > topology.schema.json\n\n  lab schema scenario")
 def schema_cmd(
-    kind: str = typer.Argument("topology", help="topology or scenario"),
+    kind: str = typer.Argument("topology", help="topology, scenario or incident"),
     json_out: bool = typer.Option(False, "--json", help="The schema is JSON anyway; errors become JSON too."),
 ) -> None:
     """Print the JSON Schema of a declarative file."""
