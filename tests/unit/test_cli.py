@@ -36,7 +36,10 @@ def test_schema_prints_the_topology_json_schema():
 
 
 def test_unknown_schema_is_one_line():
-    assert single_error(invoke("schema", "nope")) == "Error: unknown schema 'nope'; choose one of: topology, scenario"
+    assert (
+        single_error(invoke("schema", "nope"))
+        == "Error: unknown schema 'nope'; choose one of: topology, scenario, incident"
+    )
 
 
 def test_dry_run_prints_namespaces_rules_and_haproxy_config_without_root():

@@ -75,11 +75,12 @@ def validate_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Check scenarios completely (schema, topology overrides, fault kinds and targets, metrics), running nothing."""
-    from lab.scenarios.loader import load_scenario  # imported at use for start-up speed
+    from lab.scenarios.loader import expand_sweep, load_scenario  # imported at use for start-up speed
 
     out = []
     for name in files:
         loaded = load_scenario(name)
+        points = expand_sweep(name)  # every sweep point, checked as a run would check it
         out.append(
             {
                 "id": loaded.id,
@@ -87,14 +88,16 @@ def validate_cmd(
                 "ok": True,
                 "variants": loaded.scenario.variant_names(),
                 "seconds": loaded.scenario.duration,
+                "sweep_points": len(points) if loaded.scenario.sweep else 0,
             }
         )
     if json_out:
         print_json(out)
     else:
         for o in out:
+            sweep = f", {o['sweep_points']} sweep point(s)" if o["sweep_points"] else ""
             console().print(
-                f"{o['file']}: ok ({len(o['variants'])} variant(s), {o['seconds']:g}s per run at full scale)"
+                f"{o['file']}: ok ({len(o['variants'])} variant(s){sweep}, {o['seconds']:g}s per run at full scale)"
             )
 
 
