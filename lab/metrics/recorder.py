@@ -64,10 +64,14 @@ def run_header(lab: Lab, interval: float, note: str = "") -> dict[str, Any]:
         "scaled": {
             "health_check_interval_s": inter,
             "health_check_timeout_s": timeout,
-            "backend_connect_timeout_s": topo.elb.connect_timeout * scale,
             "idle_timeout_s": topo.elb.idle_timeout * scale,
         },
-        "not_scaled": ["kernel TCP timers (SYN retransmits at 1 s, 3 s, ...)", "conntrack timeouts", "interval_s"],
+        # The namespaces' conntrack and TCP timers are scaled too (the plan's sysctls); these cannot be.
+        "not_scaled": {
+            "backend_connect_timeout_s": topo.elb.connect_timeout,  # it races the SYN retransmits
+            "kernel": ["TCP's 1 s initial RTO (SYN retransmits at 1 s, 3 s, ...)", "socket TIME_WAIT"],
+            "interval_s": interval,
+        },
         # HAProxy starts the next check `inter` after the previous one ended: a check that times out
         # makes the period inter + timeout.
         "health_checks_per_interval": {

@@ -21,7 +21,7 @@ from typing import Any
 from lab.errors import InputError
 from lab.scenarios import report
 from lab.scenarios.aggregate import aggregate
-from lab.scenarios.loader import REPO, LoadedScenario, builtin, load_scenario
+from lab.scenarios.loader import REPO, LoadedScenario, builtin, expand_sweep
 from lab.scenarios.plots import entry_plots
 from lab.scenarios.runner import RunOptions, run_trial, scenario_entry, unit_id
 
@@ -66,14 +66,15 @@ def expand_sets(sets: list[str]) -> list[list[str]]:
 
 
 def load_all(files: list[str], use_all: bool, sets: list[list[str]]) -> list[tuple[LoadedScenario, list[str]]]:
-    """Every scenario x set combination, each validated before anything runs."""
+    """Every scenario x set combination x sweep point, each validated before anything runs."""
     names = [str(p) for p in builtin()] if use_all or not files else files
     if not names:
         raise InputError("no scenarios: give files or --all (scenarios/ is empty)")
-    loaded = [(load_scenario(name, combo), combo) for name in names for combo in sets]
+    # one per sweep point of each scenario (none declared: one)
+    loaded = [(item, combo) for name in names for combo in sets for item in expand_sweep(name, combo)]
     seen: dict[str, Path] = {}
     for item, combo in loaded:
-        key = item.id + label_of(combo)
+        key = item.id + label_of(combo + list(item.point))
         if key in seen:
             raise InputError(f"{item.path}: scenario '{item.id}' given twice (also {seen[key]}); give it once")
         seen[key] = item.path
@@ -123,7 +124,7 @@ def plan_matrix(
             time_scale=scale,
             quick=quick,
             extra_set=combo,
-            label=label_of(combo),
+            label=label_of(combo + list(loaded.point)),
             lab_prefix="m",
             backend=backend,
         )
