@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import itertools
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
 from lab.models.common import DurationIn, Float, Int, Name, Strict, Text
 
@@ -19,6 +21,19 @@ PhaseDuration = DurationIn(1, DAY)
 Setting = Text(200)  # one KEY=VALUE override
 # Metrics are counts, ratios and latencies: never negative, and a billion is beyond any run's count.
 Figure = Float(0, 1e9)
+# A sweep value is one scalar: it becomes a KEY=VALUE override, as `--set` takes it.
+SweepValue = Annotated[
+    StrictBool | Int(-(10**9), 10**9) | Text(200) | Float(-1e12, 1e12), Field(union_mode="left_to_right")
+]
+SWEEP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+MAX_SWEEP_POINTS = 64
+
+
+def sweep_text(value: Any) -> str:
+    """A sweep value as the override text `--set` would take (YAML scalar: true, 6, 0.5, TCP:30999)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 class TopologyRef(Strict):
@@ -124,6 +139,12 @@ class Scenario(Strict):
     expect: list[Expectation] = Field(
         default_factory=list, max_length=100, description="What a run must measure for the hypothesis to hold"
     )
+    sweep: dict[Setting, list[SweepValue]] = Field(
+        default_factory=dict,
+        max_length=10,
+        description="Parameter axes, run as a grid (one lab per point): a topology override key "
+        "(elb.nodes_per_az), or phases.<phase>.load.<field> / phases.<phase>.faults.<i>.params.<param>",
+    )
 
     @field_validator("variants")
     @classmethod
@@ -131,6 +152,29 @@ class Scenario(Strict):
         if len(value) == 1:
             raise ValueError("declare at least two variants (or none)")
         return value
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        points = 1
+        for key, values in value.items():
+            if not SWEEP_KEY.match(key):
+                raise ValueError(
+                    f"@sweep.{key}: expected a dotted key such as elb.nodes_per_az or phases.steady.load.rate"
+                )
+            if not values:
+                raise ValueError(f"@sweep.{key}: give at least one value")
+            if len({str(v) for v in values}) != len(values):
+                raise ValueError(f"@sweep.{key}: a value is listed twice")
+            points *= len(values)
+        if points > MAX_SWEEP_POINTS:
+            raise ValueError(f"@sweep: {points} points; at most {MAX_SWEEP_POINTS} (each point is a lab run)")
+        return value
+
+    def sweep_points(self) -> list[list[str]]:
+        """The grid as KEY=VALUE lists, in the axes' order (first axis slowest): [[]] without a sweep."""
+        axes = [[f"{k}={sweep_text(v)}" for v in values] for k, values in self.sweep.items()]
+        return [list(p) for p in itertools.product(*axes)]
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
@@ -169,6 +213,9 @@ class QuickSettings(Strict):
 
     time_scale: Float(0.001, 1) = Field(0.1, description="Timers and phases x this (1: real time)")
     set: list[Setting] = Field(default_factory=list, max_length=50, description="Extra overrides for quick runs")
+    note: Text(2000) = Field(
+        "", description="Where a timer matters: why quick and full-scale verdicts can or cannot agree"
+    )
 
 
 Scenario.model_rebuild()

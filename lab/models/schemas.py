@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lab.models.incident import Incident
 from lab.models.scenario import Scenario
 from lab.models.topology import Topology
 
@@ -23,4 +24,15 @@ def scenario_schema() -> dict[str, Any]:
     return schema
 
 
-SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {"topology": topology_schema, "scenario": scenario_schema}
+def incident_schema() -> dict[str, Any]:
+    schema = Incident.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "lab incident"
+    return schema
+
+
+SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {
+    "topology": topology_schema,
+    "scenario": scenario_schema,
+    "incident": incident_schema,
+}

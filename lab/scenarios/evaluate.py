@@ -6,6 +6,8 @@ The observations (../shared/DOMAIN.md) as checks on recorded metrics:
   O3 after traffic moves away: the errors stay at a floor with no client connections;
   O4 clients see timeouts and higher latency;
   O5 the same ELB in front of healthy instances: ~0 BackendConnectionErrors.
+Each result has `reproduced`, a `figure` in words and its numbers as `values` (the headline first; the unit
+is in the name: _per_min, _ms, _share, ratio), which repeated trials aggregate (lab.scenarios.aggregate).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ COMPARISONS = {
 # O4: the healthy lab path answers in a few ms; these are far outside it.
 SLOW_P99_MS = 200.0
 TIMEOUT_RATIO = 0.001
+# O3: judge the floor after the longest conntrack timeout the load's closed or failed connections leave
+# behind (UNACKNOWLEDGED and MAX_RETRANS, 300 s: data that went unanswered; SYN_SENT, TIME_WAIT: 120 s), in
+# ELB seconds, over at least one ELB minute.
+O3_SETTLE_S = 300.0
+O3_FLOOR_S = 60.0
 
 
 def measure(ref: MetricRef, run: dict[str, Any], scale: float) -> float | None:
@@ -117,14 +124,25 @@ def _o1(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
         floors.append((run["instances"], _stat(run, "elb.BackendConnectionErrors", idle, scale) or 0.0, run["variant"]))
     text = ", ".join(f"{f:.0f}/min with {n} instances" for n, f, _ in floors)
     if any(f <= 0 for _, f, _ in floors):
-        return {"reproduced": False, "figure": text}
+        return {"reproduced": False, "figure": text, "values": _floor_values(floors)}
     sizes = sorted({n for n, _, _ in floors})
     if len(sizes) < 2:
-        return {"reproduced": None, "figure": f"{text}; proportionality not tested (one size)"}
+        return {
+            "reproduced": None,
+            "figure": f"{text}; proportionality not tested (one size)",
+            "values": _floor_values(floors),
+        }
     (n_lo, f_lo, _), (n_hi, f_hi, _) = min(floors), max(floors)
     ratio, want = f_hi / f_lo, n_hi / n_lo
     ok = abs(ratio / want - 1) <= 0.25
-    return {"reproduced": ok, "figure": f"{text} (x{ratio:.2f} for x{want:.2f} instances)"}
+    values = {"ratio": ratio, **_floor_values(floors)}
+    return {"reproduced": ok, "figure": f"{text} (x{ratio:.2f} for x{want:.2f} instances)", "values": values}
+
+
+def _floor_values(floors: list[tuple[int, float, str]]) -> dict[str, float]:
+    if len(floors) == 1:
+        return {"floor_per_min": floors[0][1]}
+    return {f"{variant}.floor_per_min": f for _, f, variant in floors}
 
 
 def _o2(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
@@ -146,27 +164,47 @@ def _o2(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
     return {
         "reproduced": 0 < share < 0.5,  # the seed: ~10% succeed (some, not none)
         "figure": f"{share:.0%} of backend connections succeeded during {name} ({ok:.0f} made, {bad:.0f} errors)",
+        "values": {"success_share": share, "made": ok, "errors": bad},
     }
 
 
 def _o3(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
-    figures, verdicts = [], []
+    figures, verdicts, values = [], [], {}
     for run in runs:
         after = _first(run, ("recovery", "idle"), after_load=True)
         if after is None:
             continue
-        # A floor, not the tail of the load: errors in the phase's second half, no lower than half of
-        # those in its first half, and no client traffic.
-        mid = (after["t_start"] + after["t_end"]) / 2
-        early = _stat(run, "elb.BackendConnectionErrors", {**after, "t_end": mid}, scale) or 0.0
-        floor = _stat(run, "elb.BackendConnectionErrors", {**after, "t_start": mid}, scale) or 0.0
-        requests = _stat(run, "client.requests", {**after, "t_start": mid}, scale, "sum") or 0
+        # A floor, not what the load left behind: its connections' conntrack entries (up to 300 s, scaled
+        # with the run like the phase) can keep a node's table full, and its connects failing, after the
+        # clients stop. Judge what remains once they have expired: errors, no lower than half of those
+        # while they expired, and no client traffic.
+        settled = after["t_start"] + O3_SETTLE_S * scale
+        early = _stat(run, "elb.BackendConnectionErrors", {**after, "t_end": settled}, scale) or 0.0
+        floor = _stat(run, "elb.BackendConnectionErrors", {**after, "t_start": settled}, scale) or 0.0
+        requests = _stat(run, "client.requests", {**after, "t_start": settled}, scale, "sum") or 0
+        prefix = f"{run['variant']}." if len(runs) > 1 else ""
+        if after["t_end"] - settled < O3_FLOOR_S * scale:
+            if not _stat(run, "elb.BackendConnectionErrors", after, scale, "sum"):
+                verdicts.append(False)  # no errors at all: no floor, however long the phase
+                values[f"{prefix}floor_per_min"] = 0.0
+                figures.append(f"0/min during {after['name']}")
+                continue
+            verdicts.append(None)
+            seconds = (after["t_end"] - after["t_start"]) / scale
+            figures.append(
+                f"{after['name']} lasts {seconds:.0f} s: too short to see past the load's conntrack entries "
+                f"({O3_SETTLE_S:.0f} s) and judge a floor ({O3_FLOOR_S:.0f} s more)"
+            )
+            continue
         verdicts.append(floor > 0 and floor >= 0.5 * early and requests == 0)
+        values.update({f"{prefix}floor_per_min": floor, f"{prefix}early_per_min": early, f"{prefix}requests": requests})
         trend = "" if floor >= 0.5 * early else f", down from {early:.0f}/min"
-        figures.append(f"{floor:.0f}/min during {after['name']}{trend} with {requests:.0f} client requests")
+        where = f"during {after['name']} after {O3_SETTLE_S:.0f} s"
+        figures.append(f"{floor:.0f}/min {where}{trend} with {requests:.0f} client requests")
     if not verdicts:
         return {"reproduced": None, "figure": "no idle or recovery phase after load"}
-    return {"reproduced": all(verdicts), "figure": "; ".join(figures)}
+    reproduced = False if False in verdicts else (None if None in verdicts else True)
+    return {"reproduced": reproduced, "figure": "; ".join(figures), "values": values}
 
 
 def _o4(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
@@ -188,6 +226,7 @@ def _o4(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
     return {
         "reproduced": timeouts >= TIMEOUT_RATIO and (p99 >= SLOW_P99_MS or timeouts >= 0.01),
         "figure": f"{timeouts:.1%} timeouts, p99 {p99:.0f} ms during {name}",
+        "values": {"timeout_ratio": timeouts, "p99_ms": p99},
     }
 
 
@@ -200,4 +239,8 @@ def _o5(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
             total += _stat(run, "elb.BackendConnectionErrors", p, scale, "sum") or 0
             minutes += (p["t_end"] - p["t_start"]) / scale / 60
     rate = total / minutes if minutes else 0.0
-    return {"reproduced": rate < 1.0, "figure": f"{rate:.1f} errors/min over {minutes:.0f} ELB minutes"}
+    return {
+        "reproduced": rate < 1.0,
+        "figure": f"{rate:.1f} errors/min over {minutes:.0f} ELB minutes",
+        "values": {"errors_per_min": rate, "elb_minutes": minutes},
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from lab.hosts import NamespaceGone
 from lab.lab import Lab
 from lab.models.scenario import Scenario
 from lab.models.topology import Topology
-from lab.models.yamlio import line_of, read_yaml, validate_data
+from lab.models.yamlio import apply_overrides, line_of, read_yaml, to_plain, validate_data
 from lab.scenarios.metrics import CATALOG, describe_unknown
 from lab.spec import load_topology
 
+SCENARIO_KEY = "phases."  # a sweep key starting so edits the scenario (workload, fault params), not the topology
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO_DIR = REPO / "scenarios"
 TOPOLOGY_DIR = REPO / "topologies"
@@ -27,6 +29,17 @@ class LoadedScenario:
     scenario: Scenario
     path: Path
     topology_path: Path
+    point: tuple[str, ...] = ()  # the sweep point this copy runs (KEY=VALUE), () without a sweep
+    extra: tuple[str, ...] = ()  # the matrix's --set combination it was loaded with
+
+    @property
+    def label(self) -> str:
+        """`[elb.nodes_per_az=6,nodes_per_az=3]` for a sweep point, '' otherwise."""
+        return f"[{','.join(self.point)}]" if self.point else ""
+
+    def topology_point(self) -> list[str]:
+        """The sweep point's topology overrides (its phases.* keys changed the scenario itself)."""
+        return [p for p in self.point if not p.startswith(SCENARIO_KEY)]
 
     @property
     def id(self) -> str:
@@ -36,7 +49,7 @@ class LoadedScenario:
         out = list(self.scenario.topology.set) + list(self.scenario.variants.get(variant, []))
         if quick and self.scenario.quick:
             out += self.scenario.quick.set
-        return out + list(extra or [])
+        return out + list(extra or []) + self.topology_point()
 
     def topology(self, variant: str, quick: bool = False, extra: list[str] | None = None) -> Topology:
         return load_topology(self.topology_path, self.overrides(variant, quick, extra))
@@ -66,6 +79,42 @@ def load_scenario(name: str | Path, extra: list[str] | None = None) -> LoadedSce
     loaded = LoadedScenario(scenario, path, topo_path)
     _check_references(loaded, data, extra or [])
     return loaded
+
+
+def expand_sweep(
+    name: str | Path, extra: list[str] | None = None, sweep: dict[str, list[Any]] | None = None
+) -> list[LoadedScenario]:
+    """One validated LoadedScenario per point of the scenario's sweep (or of `sweep`, which replaces it).
+
+    A `phases.<phase>...` key is applied to the scenario document (phases picked by name, faults by index),
+    any other key is a topology override like `--set`; every point is checked before anything runs.
+    """
+    path = resolve_path(str(name))
+    data = read_yaml(path)
+    base = validate_data(Scenario, data, str(path))
+    if sweep is not None:
+        base = validate_data(Scenario, {**to_plain(data), "sweep": sweep}, f"{path} (sweep)")
+    out = []
+    for point in base.sweep_points():
+        edits = [p for p in point if p.startswith(SCENARIO_KEY)]
+        scenario = base
+        if edits:
+            try:
+                doc, _where_set = apply_overrides(copy.deepcopy(to_plain(data)), edits, str(path))
+                doc["sweep"] = {}
+                scenario = validate_data(Scenario, doc, f"sweep point {','.join(point)}")
+            except InputError as exc:
+                raise InputError(f"{_where(path, data, ('sweep',))}: {exc}") from None
+        topo_path = _topology_path(path, scenario.topology.file, data)
+        loaded = LoadedScenario(scenario, path, topo_path, tuple(point), tuple(extra or []))
+        try:
+            _check_references(loaded, data, extra or [])
+        except InputError as exc:
+            if not point:
+                raise
+            raise InputError(f"{_where(path, data, ('sweep',))}: sweep point {','.join(point)}: {exc}") from None
+        out.append(loaded)
+    return out
 
 
 def _where(path: Path, data: Any, loc: tuple[Any, ...]) -> str:

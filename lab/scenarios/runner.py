@@ -1,8 +1,8 @@
 """Run a scenario: per variant, bring a lab up, play the phases (load, faults at t for d), record, tear down.
 
-Every run writes one JSON-lines journal: the recorder's header and samples plus what was applied when
-(events) and, after evaluation, every verdict. Faults are always reverted and the lab always removed,
-also on Ctrl-C, SIGTERM or an error.
+One trial is one repeat of a scenario: every variant run once, then judged. Every run writes one JSON-lines
+journal: the recorder's header and samples plus what was applied when (events) and, after evaluation, the
+trial's verdicts. Faults are always reverted and the lab always removed, also on Ctrl-C, SIGTERM or an error.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from lab.lab import Lab
 from lab.load import LoadRun, LoadSpec
 from lab.metrics.recorder import Recorder
 from lab.models.scenario import Phase
+from lab.scenarios.aggregate import aggregate
 from lab.scenarios.evaluate import evaluate
 from lab.scenarios.loader import LoadedScenario
 
@@ -43,43 +44,85 @@ class RunOptions:
         return self.time_scale
 
 
-def run_scenario(loaded: LoadedScenario, opts: RunOptions, progress: Progress = lambda _m: None) -> dict[str, Any]:
-    """Run every variant of a scenario and evaluate it; returns the scenario's entry for results.json."""
+def unit_id(entry_id: str, repeat: int) -> str:
+    """The name of one trial, stable across machines: `hc-fanout[nodes_per_az=3]#2`."""
+    return f"{entry_id}#{repeat}"
+
+
+def scenario_entry(loaded: LoadedScenario, opts: RunOptions, repeats: list[int]) -> dict[str, Any]:
+    """A scenario's entry for results.json before any trial: what it claims, and the trials planned."""
     scn = loaded.scenario
-    scale = opts.scale_for(loaded)
     sid = loaded.id + opts.label
-    started = time.time()
-    entry: dict[str, Any] = {
+    return {
         "id": sid,
+        "scenario": loaded.id,
+        "set": list(opts.extra_set),
         "file": str(loaded.path),
         "title": scn.title,
         "hypothesis": " ".join(scn.hypothesis.split()),
         "signature": " ".join(scn.signature.split()),
         "claims": list(scn.observations),
-        "time_scale": scale,
+        "time_scale": opts.scale_for(loaded),
+        "planned": [unit_id(sid, r) for r in repeats],
+        "trials": [],
+        "plots": [],
+    }
+
+
+def run_trial(loaded: LoadedScenario, opts: RunOptions, repeat: int, progress: Progress = lambda _m: None) -> dict:
+    """One repeat: every variant of the scenario on a lab of its own, then its verdicts.
+
+    `lab_limited` and `limited_reasons` say whether the lab itself was the bottleneck (set on a run by the
+    saturation checks; the trial is limited if any of its runs is): such a trial does not vote.
+    """
+    scn = loaded.scenario
+    scale = opts.scale_for(loaded)
+    sid = loaded.id + opts.label
+    started = time.time()
+    trial: dict[str, Any] = {
+        "unit": unit_id(sid, repeat),
+        "repeat": repeat,
         "runs": [],
         "status": "error",
         "error": None,
+        "lab_limited": False,
+        "limited_reasons": [],
     }
     try:
         for variant in scn.variant_names():
-            entry["runs"].append(_run_variant(loaded, variant, scale, opts, progress))
-        entry.update(evaluate(loaded, entry["runs"], scale))
-        entry["status"] = "passed" if all(e["passed"] for e in entry["expectations"]) else "failed"
-        for run in entry["runs"]:
-            _append_verdicts(Path(opts.report_dir) / run["journal"], entry)
+            trial["runs"].append(_run_variant(loaded, variant, repeat, scale, opts, progress))
+        trial.update(evaluate(loaded, trial["runs"], scale))
+        trial["status"] = "passed" if all(e["passed"] for e in trial["expectations"]) else "failed"
+        for run in trial["runs"]:
+            _append_verdicts(Path(opts.report_dir) / run["journal"], trial)
     except LabError as exc:
-        entry["error"] = str(exc)
+        trial["error"] = str(exc)
     finally:
-        entry["seconds"] = round(time.time() - started, 1)
-    entry["plots"] = _plots(entry, opts.report_dir)
+        trial["seconds"] = round(time.time() - started, 1)
+    # Lab-limited runs prove nothing about the hypothesis: the trial's verdicts must not count.
+    reasons = [f"{r['variant']}: {why}" for r in trial["runs"] for why in r.get("limited_reasons", [])]
+    trial.update(lab_limited=bool(reasons), limited_reasons=reasons)
+    trial["plots"] = _plots(sid, trial, opts.report_dir)
+    return trial
+
+
+def run_scenario(
+    loaded: LoadedScenario, opts: RunOptions, progress: Progress = lambda _m: None, repeats: int = 1
+) -> dict[str, Any]:
+    """Run a scenario `repeats` times and judge the trials together; returns its entry for results.json."""
+    entry = scenario_entry(loaded, opts, list(range(1, repeats + 1)))
+    for r in range(1, repeats + 1):
+        entry["trials"].append(run_trial(loaded, opts, r, progress))
+    entry.update(aggregate(entry))
     return entry
 
 
-def _run_variant(loaded: LoadedScenario, variant: str, scale: float, opts: RunOptions, progress: Progress) -> dict:
+def _run_variant(
+    loaded: LoadedScenario, variant: str, repeat: int, scale: float, opts: RunOptions, progress: Progress
+) -> dict:
     scn = loaded.scenario
-    sid = loaded.id + (f"-{variant}" if scn.variants else "")
-    journal = f"{loaded.id}{_slug(opts.label)}-{variant}.jsonl"
+    sid = loaded.id + (f"-{variant}" if scn.variants else "") + f" #{repeat}"
+    journal = f"{loaded.id}{_slug(opts.label)}-{variant}-r{repeat}.jsonl"
     name = f"{opts.lab_prefix}-{secrets.token_hex(2)}-{len(scn.phases)}"[:16]
     lab = lifecycle.prepare(
         loaded.topology_path, name, loaded.overrides(variant, opts.quick, opts.extra_set), opts.backend, scale
@@ -102,7 +145,9 @@ def _run_variant(loaded: LoadedScenario, variant: str, scale: float, opts: RunOp
             recorder = Recorder(lab, Path(opts.report_dir) / journal, interval=interval, note=f"scenario {sid}")
             recorder.start()
             try:
-                recorder.event("scenario", id=sid, variant=variant, overrides=run["overrides"], time_scale=scale)
+                recorder.event(
+                    "scenario", id=sid, variant=variant, repeat=repeat, overrides=run["overrides"], time_scale=scale
+                )
                 for phase in scn.phases:
                     progress(f"{sid}: {phase.name} ({phase.kind}, {phase.duration * scale:g}s)")
                     run["phases"].append(_play_phase(lab, phase, scale, recorder))
@@ -204,24 +249,24 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_=" else "-" for c in label).strip("-").replace("=", "-")
 
 
-def _append_verdicts(journal: Path, entry: dict[str, Any]) -> None:
+def _append_verdicts(journal: Path, trial: dict[str, Any]) -> None:
     with open(journal, "a") as f:
-        for e in entry.get("expectations", []):
+        for e in trial.get("expectations", []):
             f.write(json.dumps({"type": "verdict", "t": round(time.time(), 3), **e}, default=str) + "\n")
-        for o, obs in entry.get("observations", {}).items():
+        for o, obs in trial.get("observations", {}).items():
             f.write(json.dumps({"type": "observation", "observation": o, **obs}, default=str) + "\n")
 
 
-def _plots(entry: dict[str, Any], report_dir: Path) -> list[str]:
+def _plots(sid: str, trial: dict[str, Any], report_dir: Path) -> list[str]:
     from lab.metrics.plot import plot_run
 
     out = []
-    for run in entry["runs"]:
+    for run in trial["runs"]:
         journal = Path(report_dir) / run["journal"]
         if not journal.exists():
             continue
         png = journal.with_suffix(".png")
         with contextlib.suppress(Exception):
-            plot_run(journal, png, title=f"{entry['id']} ({run['variant']})")
+            plot_run(journal, png, title=f"{sid} ({run['variant']}, repeat {trial['repeat']})")
             out.append(png.name)
     return out

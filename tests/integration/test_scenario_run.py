@@ -63,7 +63,7 @@ def test_a_scenario_runs_and_reports(tmp_path):
     results = json.loads((out / "results.json").read_text())
     entry = results["scenarios"][0]
     assert entry["status"] == "passed" and all(e["passed"] for e in entry["expectations"])
-    journal = [json.loads(line) for line in (out / entry["runs"][0]["journal"]).read_text().splitlines()]
+    journal = [json.loads(line) for line in (out / entry["trials"][0]["runs"][0]["journal"]).read_text().splitlines()]
     events = [r["what"] for r in journal if r["type"] == "event"]
     assert "fault applied" in events and "fault reverted" in events
     assert events.index("fault applied") < events.index("fault reverted")

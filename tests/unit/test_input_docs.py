@@ -12,6 +12,7 @@ from lab import docsgen
 from lab.cli import app
 from lab.faults.kinds import KINDS
 from lab.faults.model import param_docs
+from lab.incidents.files import load_incident
 from lab.lifecycle import load_topology
 from lab.scenarios.loader import load_scenario
 from tests.conftest import REPO
@@ -69,7 +70,9 @@ def test_lab_fault_list_shows_what_the_docs_show():
 def test_every_yaml_example_in_the_docs_validates_as_written(tmp_path, path, index, block):
     example = tmp_path / f"{path.stem}-{index}.yaml"
     example.write_text(block)
-    if "phases:" in block:
+    if "figures:" in block:
+        load_incident(example)
+    elif "phases:" in block:
         load_scenario(example)
     else:
         load_topology(example)

@@ -13,6 +13,7 @@ from lab.cli import app
 from lab.errors import InputError
 from lab.models.scenario import OBSERVATIONS
 from lab.scenarios import report
+from lab.scenarios.aggregate import aggregate
 from lab.scenarios.evaluate import check_expectation, observations
 from lab.scenarios.loader import builtin, load_scenario
 from lab.scenarios.metrics import CATALOG, statistic
@@ -177,9 +178,9 @@ def interval(t: float, errors: int, requests: int = 0, client: dict | None = Non
     }
 
 
-def run(variant: str, instances: int, floor: int, scale: float = 0.1) -> dict:
-    # idle 0-10 s at `floor` errors per second, steady 10-20 s, recovery 20-30 s
-    intervals = [interval(t, floor) for t in range(30)]
+def run(variant: str, instances: int, floor: int, scale: float = 0.1, after: int = 40) -> dict:
+    # idle 0-10 s at `floor` errors per second, steady 10-20 s, recovery 20 s to 20 + `after`
+    intervals = [interval(t, floor) for t in range(20 + after)]
     return {
         "variant": variant,
         "instances": instances,
@@ -193,7 +194,7 @@ def run(variant: str, instances: int, floor: int, scale: float = 0.1) -> dict:
                 "faults": [],
                 "load": {"requests": 100, "ok_ratio": 1.0, "outcomes": {"ok": 100}, "histograms_ms": {}},
             },
-            {"name": "after", "kind": "recovery", "t_start": 20, "t_end": 30, "faults": []},
+            {"name": "after", "kind": "recovery", "t_start": 20, "t_end": 20 + after, "faults": []},
         ],
         "intervals": intervals,
     }
@@ -233,6 +234,49 @@ def test_o3_floor_after_load_and_o5_only_for_controls():
     assert observations([run("x", 3, 0)], 0.1, [])["O5"]["reproduced"] is None
 
 
+def test_o3_judges_what_remains_after_the_loads_conntrack_entries_expire():
+    # At x0.1 the entries' 300 s are 30 wall seconds: errors that stop within them are the load's tail.
+    tail = run("x", 3, 2)
+    tail["intervals"] = [i for i in tail["intervals"] if i["t_start"] < 45]
+    tail["intervals"] += [interval(t, 0) for t in range(45, 60)]
+    o3 = observations([tail], 0.1, [])["O3"]
+    assert o3["reproduced"] is False and "down from" in o3["figure"]
+    # Errors that go on at the same rate past them are a floor.
+    assert observations([run("x", 3, 2)], 0.1, [])["O3"]["reproduced"] is True
+
+
+def test_o3_says_when_the_phase_is_too_short_to_judge():
+    short = observations([run("x", 3, 2, after=20)], 0.1, [])["O3"]  # 200 ELB s < 300 s + 60 s
+    assert short["reproduced"] is None and "too short" in short["figure"]
+    assert observations([run("x", 3, 0, after=20)], 0.1, [])["O3"]["reproduced"] is False  # no errors at all
+
+
+def test_o3_is_the_same_rule_at_full_scale():
+    full = run("x", 3, 2, scale=1.0)
+    for p in full["phases"]:  # the same run in ELB seconds: x10
+        p["t_start"], p["t_end"] = p["t_start"] * 10, p["t_end"] * 10
+    full["intervals"] = [interval(t * 10, 20, span=10) for t in range(60)]
+    assert observations([full], 1.0, [])["O3"]["reproduced"] is True
+    full["intervals"] = [i for i in full["intervals"] if i["t_start"] < 450] + [
+        interval(t * 10, 0, span=10) for t in range(45, 60)
+    ]
+    assert observations([full], 1.0, [])["O3"]["reproduced"] is False
+
+
+def test_every_observation_gives_its_numbers_headline_first():
+    runs = [run("three", 3, 3), run("nine", 9, 9)]
+    obs = observations(runs, 0.1, ["O5"])
+    assert list(obs["O1"]["values"]) == ["ratio", "three.floor_per_min", "nine.floor_per_min"]
+    assert obs["O1"]["values"]["ratio"] == pytest.approx(3.0)
+    assert obs["O1"]["values"]["three.floor_per_min"] == pytest.approx(18)  # 3/s at scale 0.1: 18 per ELB min
+    assert list(obs["O3"]["values"])[0] == "three.floor_per_min"
+    assert obs["O4"]["values"] == {"timeout_ratio": 0.0, "p99_ms": 0.0}
+    assert obs["O5"]["values"]["errors_per_min"] == pytest.approx(36)  # (3 + 9)/s over 2 x 5 ELB minutes
+    single = observations([run("x", 3, 2)], 0.1, [])
+    assert list(single["O3"]["values"]) == ["floor_per_min", "early_per_min", "requests"]
+    assert single["O1"]["values"] == {"floor_per_min": pytest.approx(12)}
+
+
 def test_ratio_expectation_across_variants(tmp_path):
     text = MINIMAL + (
         "  - metric: elb.BackendConnectionErrors\n"
@@ -253,38 +297,43 @@ def test_ratio_expectation_across_variants(tmp_path):
 # --- reports ---------------------------------------------------------------------------------------------------
 
 
+def trial(unit: str, expectations: list[dict], observations: dict, **extra) -> dict:
+    return {
+        "unit": unit,
+        "repeat": int(unit.rsplit("#", 1)[1]),
+        "runs": [],
+        "expectations": expectations,
+        "observations": observations,
+        "error": None,
+        "lab_limited": False,
+        "limited_reasons": [],
+        **extra,
+    }
+
+
+def entry(sid: str, trials: list[dict], **extra) -> dict:
+    e = {"id": sid, "title": sid, "hypothesis": "h", "signature": "s", "seconds": 5, "plots": [], "trials": trials}
+    e["planned"] = [t["unit"] for t in trials]
+    e.update(extra)
+    e.update(aggregate(e))
+    return e
+
+
 def results() -> dict:
+    fanout = [
+        trial(
+            "hc-fanout#1",
+            [{"text": "a > 0", "measured": 54.0, "passed": True, "why": ""}],
+            {"O1": {"reproduced": True, "figure": "54/min", "values": {"floor_per_min": 54.0}}},
+        )
+    ]
+    broken = [trial("broken#1", [{"text": "b < 1", "measured": 3.0, "passed": False, "why": "because"}], {})]
     return {
         "seconds": 12.5,
         "time_scale": 0.1,
         "quick": True,
-        "scenarios": [
-            {
-                "id": "hc-fanout",
-                "title": "fan-out",
-                "hypothesis": "h",
-                "signature": "s",
-                "status": "passed",
-                "seconds": 5,
-                "expectations": [{"text": "a > 0", "measured": 54.0, "passed": True, "why": ""}],
-                "observations": {
-                    "O1": {"reproduced": True, "figure": "54/min"},
-                    "O2": {"reproduced": None, "figure": ""},
-                },
-                "plots": [],
-            },
-            {
-                "id": "broken",
-                "title": "b",
-                "hypothesis": "h",
-                "status": "failed",
-                "seconds": 1,
-                "expectations": [{"text": "b < 1", "measured": 3.0, "passed": False, "why": "because"}],
-                "observations": {},
-                "plots": [],
-                "error": None,
-            },
-        ],
+        "repeat": 1,
+        "scenarios": [entry("hc-fanout", fanout), entry("broken", broken)],
     }
 
 
@@ -293,10 +342,52 @@ def test_reports_are_written_and_well_formed(tmp_path):
     assert set(files) == {"results.json", "report.md", "report.html", "junit.xml"}
     assert json.loads(files["results.json"].read_text())["scenarios"][0]["id"] == "hc-fanout"
     md = files["report.md"].read_text()
-    assert "| hc-fanout | YES 54/min |" in md and "Kernel TCP and conntrack timers" in md
+    assert "| hc-fanout | YES 1/1 54/min | - |" in md and "1 s initial RTO (SYN retransmits)" in md
     suites = ET.parse(files["junit.xml"]).getroot()
     assert suites.tag == "testsuites"
     broken = next(s for s in suites if s.get("name") == "broken")
     assert broken.get("failures") == "1"
+    failure = broken.find("testcase/failure")
+    assert failure.get("message") == "passed in 0/1 counted runs (measured 3)"
     assert "<table>" in files["report.html"].read_text()
     assert len(report.table_rows(results())[0]) == len(OBSERVATIONS) + 2
+
+
+def test_reports_say_which_trials_did_not_count(tmp_path):
+    obs = {"O3": {"reproduced": True, "figure": "50/min", "values": {"floor_per_min": 50.0}}}
+    ok = [{"text": "a > 0", "measured": 50.0, "passed": True, "why": ""}]
+    limited = trial("x#2", ok, obs, lab_limited=True, limited_reasons=["default: machine CPU 98% for 12 s"])
+    errored = trial("x#3", [], {}, error="lab up failed")
+    results = {"repeat": 3, "scenarios": [entry("x", [trial("x#1", ok, obs), limited, errored])]}
+    files = report.write_all(results, tmp_path)
+    md = files["report.md"].read_text()
+    assert "| x | - | - | YES 1/1 50/min | - | - | error (1 lab-limited, not counted; 1 errored) |" in md
+    assert "- repeat 2 lab-limited (not counted): default: machine CPU 98% for 12 s" in md
+    assert "- repeat 3 errored (not counted): lab up failed" in md
+    assert "repeat 2 lab-limited (not counted)" in files["report.html"].read_text()
+
+
+def test_repeats_are_drawn_overlaid_per_variant(tmp_path):
+    from lab.scenarios.plots import entry_plots
+
+    for r, errors in ((1, 3), (2, 5)):
+        lines = [{"type": "run", "interval_s": 1}] + [{"type": "interval", **interval(t, errors)} for t in range(10)]
+        (tmp_path / f"x-default-r{r}.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    runs = [[{"variant": "default", "journal": f"x-default-r{r}.jsonl"}] for r in (1, 2)]
+    trials = [trial(f"x#{r}", [], {}, runs=runs[r - 1], plots=[f"x-default-r{r}.png"]) for r in (1, 2)]
+    assert entry_plots({"id": "x", "trials": trials}, tmp_path) == ["x-default-repeats.png"]
+    assert (tmp_path / "x-default-repeats.png").read_bytes().startswith(b"\x89PNG")
+    assert entry_plots({"id": "x", "trials": trials[:1]}, tmp_path) == ["x-default-r1.png"]  # one trial: its own
+    (tmp_path / "x-default-r2.jsonl").unlink()
+    (tmp_path / "x-default-r1.jsonl").unlink()
+    assert entry_plots({"id": "y", "trials": trials}, tmp_path) == []  # no journal left: no plot claimed
+
+
+def test_problems_say_what_keeps_the_matrix_from_answering():
+    assert report.problems(results()) == [("FAILED", "broken: b < 1 (passed in 0/1 counted runs; measured 3)")]
+    assert not report.answered(results())
+    clean = results()
+    clean["scenarios"] = clean["scenarios"][:1]
+    assert report.problems(clean) == [] and report.answered(clean)
+    clean["missing_shards"], clean["shard"] = [2], {"index": 0, "count": 2, "units": []}
+    assert report.problems(clean) == [("MISSING", "Missing shards: 2/2")] and not report.answered(clean)

@@ -9,3 +9,5 @@ from lab.cli.commands import load  # noqa: F401
 from lab.cli.commands import metrics  # noqa: F401
 from lab.cli.commands import scenario  # noqa: F401
 from lab.cli.commands import doctor  # noqa: F401
+from lab.cli.commands import fit  # noqa: F401
+from lab.cli.commands import report  # noqa: F401

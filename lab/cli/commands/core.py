@@ -11,15 +11,17 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
-from lab.cli.app import command, console, print_json, progress
+from lab.cli.app import command, print_json, progress, say
 from lab.cli.options import (
     BackendOpt,
+    FromOpt,
     JsonOpt,
     NameOpt,
     SetOpt,
     TimeoutOpt,
     TimeScaleOpt,
     TopologyOpt,
+    ViaOpt,
     lab_name,
     name_option,
     seconds,
@@ -62,13 +64,12 @@ def up_cmd(
         print_json(result)
         return
     topo = lab.topology
-    out = console()
-    out.print(
+    say(
         f"lab '{lab.name}' is up in {result['seconds']:.2f}s: {len(topo.elb_nodes)} ELB nodes, "
         f"{len(topo.k8s_nodes)} nodes, {len(topo.pods)} pods, {len(topo.services)} services "
         f"(kube-proxy {topo.kube_proxy.flavour}, cross-zone {'on' if topo.elb.cross_zone else 'off'})"
     )
-    out.print(
+    say(
         f"next: lab status -n {lab.name}   lab call {topo.services[0].name} whoami -n {lab.name}   "
         f"lab down -n {lab.name}"
     )
@@ -83,11 +84,9 @@ def down_cmd(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
     if json_out:
         print_json(result)
     elif not result["was_up"]:
-        console().print(f"lab '{result['name']}' is not up; nothing to do")
+        say(f"lab '{result['name']}' is not up; nothing to do")
     else:
-        console().print(
-            f"lab '{result['name']}' is down ({len(result['removed'])} namespaces removed in {result['seconds']:.2f}s)"
-        )
+        say(f"lab '{result['name']}' is down ({len(result['removed'])} namespaces removed in {result['seconds']:.2f}s)")
 
 
 @command("clean", epilog="Examples:\n\n  lab clean --name seed\n\n  lab clean")
@@ -106,9 +105,9 @@ def clean_cmd(
         print_json(results)
         return
     if not results:
-        console().print("nothing to clean")
+        say("nothing to clean")
     for r in results:
-        console().print(f"removed lab '{r['name']}' ({len(r['removed'])} namespaces)")
+        say(f"removed lab '{r['name']}' ({len(r['removed'])} namespaces)")
 
 
 @command("status", epilog="Examples:\n\n  lab status\n\n  lab status --name seed --json")
@@ -133,11 +132,11 @@ def call_cmd(
     service: str = typer.Argument(..., help="Service name, e.g. accounts."),
     method: str = typer.Argument(..., help="ping | echo SIZE|TEXT | work MS | whoami"),
     args: list[str] = typer.Argument(None, help="Method arguments."),
-    via: str = typer.Option("elb", "--via", help="elb (default), node (its NodePort) or pod (from the pod's node)."),
+    via: str = ViaOpt,
     target: str = typer.Option(
         None, "--target", help="Which ELB node / node / pod (default: random, like DNS round robin)."
     ),
-    source: str = typer.Option(None, "--from", help="Host to call from (default: the client tier)."),
+    source: str = FromOpt,
     timeout: str = TimeoutOpt,
     name: str = NameOpt,
     json_out: bool = JsonOpt,
@@ -154,11 +153,11 @@ def call_cmd(
     if json_out:
         print_json(result)
         return
-    console().print(
+    say(
         f"{result['method']} -> {service} {result['from']} -> {result['to']} ({result['address']}, via {via}): "
         f"connect {result['connect_ms']:.2f} ms, rpc {result['rpc_ms']:.2f} ms"
     )
-    console().print(json.dumps(result["result"], default=str))
+    say(json.dumps(result["result"], default=str))  # plain: JSON's brackets are not markup
 
 
 class _ExecUsage(TyperCommand):
@@ -207,7 +206,7 @@ def exec_cmd(
 
 @command("schema", epilog="Examples:\n\n  lab schema topology > topology.schema.json\n\n  lab schema scenario")
 def schema_cmd(
-    kind: str = typer.Argument("topology", help="topology or scenario"),
+    kind: str = typer.Argument("topology", help="topology, scenario or incident"),
     json_out: bool = typer.Option(False, "--json", help="The schema is JSON anyway; errors become JSON too."),
 ) -> None:
     """Print the JSON Schema of a declarative file."""

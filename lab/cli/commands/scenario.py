@@ -19,6 +19,20 @@ scenario_app = typer.Typer(
 )
 app.add_typer(scenario_app, name="scenario")
 
+# CI's budget: `make test` is ~9 min of pytest plus the quick matrix (~5.5 min per repeat here); 3 repeats
+# keep it near 26 min of the 90, and give every cell an agreement count (YES 3/3, FLAKY 2/3).
+MATRIX_REPEAT = 3
+
+
+def repeat_option(default: int) -> typer.Option:
+    return typer.Option(
+        default,
+        "--repeat",
+        metavar="N",
+        help="Run each scenario N times; verdicts become agreement counts (YES 3/3, FLAKY 2/3), figures medians "
+        "with their spread.",
+    )
+
 
 @command("list", on=scenario_app, epilog="Example:\n\n  lab scenario list")
 def list_cmd(json_out: bool = JsonOpt) -> None:
@@ -61,11 +75,12 @@ def validate_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Check scenarios completely (schema, topology overrides, fault kinds and targets, metrics), running nothing."""
-    from lab.scenarios.loader import load_scenario  # imported at use for start-up speed
+    from lab.scenarios.loader import expand_sweep, load_scenario  # imported at use for start-up speed
 
     out = []
     for name in files:
         loaded = load_scenario(name)
+        points = expand_sweep(name)  # every sweep point, checked as a run would check it
         out.append(
             {
                 "id": loaded.id,
@@ -73,14 +88,16 @@ def validate_cmd(
                 "ok": True,
                 "variants": loaded.scenario.variant_names(),
                 "seconds": loaded.scenario.duration,
+                "sweep_points": len(points) if loaded.scenario.sweep else 0,
             }
         )
     if json_out:
         print_json(out)
     else:
         for o in out:
+            sweep = f", {o['sweep_points']} sweep point(s)" if o["sweep_points"] else ""
             console().print(
-                f"{o['file']}: ok ({len(o['variants'])} variant(s), {o['seconds']:g}s per run at full scale)"
+                f"{o['file']}: ok ({len(o['variants'])} variant(s){sweep}, {o['seconds']:g}s per run at full scale)"
             )
 
 
@@ -108,7 +125,8 @@ def metrics_cmd(json_out: bool = JsonOpt) -> None:
     on=scenario_app,
     epilog="Examples:\n\n  lab scenario run baseline --quick\n\n"
     "  lab scenario run hc-fanout --time-scale 0.5\n\n"
-    "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout",
+    "  lab scenario run scenarios/hc-fanout.yaml --report reports/fanout\n\n"
+    "  lab scenario run conntrack-exhaustion --quick --repeat 5",
 )
 def run_cmd(
     file: str = typer.Argument(..., help="Scenario file or built-in name."),
@@ -118,16 +136,18 @@ def run_cmd(
     ),
     quick: bool = typer.Option(False, "--quick", help="The scenario's own quick settings, as `lab matrix --quick`."),
     overrides: list[str] = set_option("Extra topology override KEY=VALUE (repeatable)."),
+    repeat: int = repeat_option(1),
     backend: str = BackendOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails."""
+    """Replay one scenario (each variant on its own lab), then judge it. Exit 1 when an expectation fails
+    in any counted run."""
     if not 0 < time_scale <= 1:
         raise InputError(f"--time-scale {time_scale:g}: must be > 0 and <= 1")
     if quick and time_scale != 1:
         raise InputError("--quick and --time-scale: choose one (--quick uses the scenario's quick time scale)")
     scale = None if quick else time_scale
-    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend)
+    results = _run([file], False, [], report_dir, quick or time_scale < 1, scale, overrides, backend, repeat, None)
     finish_matrix(results, json_out)
 
 
@@ -135,7 +155,9 @@ def run_cmd(
     "matrix",
     epilog="Examples:\n\n  lab matrix --all --quick\n\n"
     "  lab matrix scenarios/hc-fanout.yaml --set nodes_per_az=1,2,3 --report reports/fanout\n\n"
-    "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration",
+    "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration\n\n"
+    "  lab matrix --all --quick --repeat 5 --shard 2/4 --report reports/shard-2   # then: lab report merge\n\n"
+    "  lab matrix hc-misroute --compare-scales --repeat 1 --report reports/compare   # quick vs full verdicts",
 )
 def matrix_cmd(
     files: list[str] = typer.Argument(None, help="Scenario files or built-in names (default: --all)."),
@@ -145,15 +167,51 @@ def matrix_cmd(
     quick: bool = typer.Option(
         False, "--quick", help="Each scenario's own quick settings (scaled timers, short phases): CI-sized."
     ),
+    repeat: int = repeat_option(MATRIX_REPEAT),
+    shard: str = typer.Option(
+        None,
+        "--shard",
+        metavar="I/N",
+        help="Run only the I-th of N stable parts (one per machine; merge them with `lab report merge`).",
+    ),
     backend: str = BackendOpt,
+    compare_scales: bool = typer.Option(
+        False, "--compare-scales", help="Run quick, then at full scale; diff the verdicts. Exit 1 if any differ."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
-    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend)
+    from lab.scenarios.matrix import Shard  # imported at use for start-up speed
+
+    if compare_scales:
+        if quick or sets or shard:
+            raise InputError(
+                "--compare-scales runs the quick and the full-scale runs itself: drop --quick, --set, --shard"
+            )
+        _compare(files or [], use_all or not files, report_dir, backend, repeat, json_out)
+        return
+    part = Shard.parse(shard) if shard is not None else None
+    results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend, repeat, part)
     finish_matrix(results, json_out)
 
 
-def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
+def _compare(files: list[str], use_all: bool, report_dir: Path, backend: str, repeat: int, json_out: bool) -> None:
+    from lab.backends import get_backend  # imported at use for start-up speed
+    from lab.scenarios import compare
+
+    get_backend(backend)
+    with progress("lab matrix --compare-scales") as step:
+        rows, paths = compare.run_compare(files, use_all, report_dir, step, backend, repeat)
+    if json_out:
+        print_json(rows)
+    else:
+        console.print(compare.markdown(rows), markup=False)
+        console.print(f"comparison: {paths['compare.md']} (runs: {report_dir}/quick, {report_dir}/full)")
+    if any(not r["same"] for r in rows):
+        raise typer.Exit(1)
+
+
+def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend, repeat, shard):
     from lab.backends import get_backend  # imported at use for start-up speed
     from lab.scenarios.matrix import run_matrix
 
@@ -168,4 +226,6 @@ def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend):
             time_scale=scale,
             progress=step,
             backend=backend,
+            repeat=repeat,
+            shard=shard,
         )
