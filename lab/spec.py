@@ -52,7 +52,7 @@ class LabSpec:
 
     @cached_property
     def plan(self) -> NetworkPlan:
-        return build_plan(self.topology)
+        return build_plan(self.topology, self.time_scale)
 
     @property
     def info(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ set -euo pipefail
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 unit=false test=false demo=false keep=false then=""
+args=("$@")  # for the re-exec below (the loop consumes them)
 while [ $# -gt 0 ]; do
   case "$1" in
     --unit) unit=true ;;
@@ -41,7 +42,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Our own mount namespace: nothing mounted here can show up on (or outlive us on) the host.
 if [ "${LAB_FRESH_IN_MOUNT_NS:-}" != 1 ]; then
-  exec env LAB_FRESH_IN_MOUNT_NS=1 unshare --mount --propagation private -- "$0" "$@"
+  exec env LAB_FRESH_IN_MOUNT_NS=1 unshare --mount --propagation private -- "$0" "${args[@]}"
 fi
 
 . /etc/os-release

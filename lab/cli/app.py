@@ -66,6 +66,11 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def say(text: str) -> None:
+    """A plain line on stdout, without rich: a command that prints only plain text never imports it."""
+    print(text, flush=True)
+
+
 def fail(message: str, code: int = 1, json_out: bool = False) -> None:
     """Print one error (a plain line on stderr, or {"error": ...} on stdout under --json) and exit."""
     if json_out:

@@ -28,7 +28,7 @@ from lab.lab import Lab
 from lab.load import wire
 from lab.load.outcomes import OK, OUTCOMES
 from lab.load.schedule import Ramp
-from lab.load.stats import HISTOGRAMS, ClientSlice, decode_into, encode, new_histogram, summary
+from lab.load.stats import HISTOGRAMS, ClientSlice, Tally
 from lab.load.worker import WorkerSpec
 from lab.rpc import VIAS, resolve
 
@@ -124,8 +124,9 @@ class LoadResult:
     started: float
     ended: float
     total: ClientSlice
-    slices: list[ClientSlice]
+    slices: list[ClientSlice]  # in memory: all, or the last LoadRun.history
     workers: int
+    slice_count: int = 0  # completed in the run
     connections: int = 0
     unfinished: int = 0
     not_sent: int = 0
@@ -141,6 +142,7 @@ class LoadResult:
         return self.total.outcomes.get(OK, 0) / self.requests if self.requests else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary: its size does not grow with the run's length (the per-second series is per_second())."""
         spec = asdict(self.spec)
         span = max(self.ended - self.started, 1e-9)
         return {
@@ -161,11 +163,15 @@ class LoadResult:
             "connections_opened": self.connections,
             "unfinished": self.unfinished,
             "not_sent": self.not_sent,
-            "histograms_ms": {name: summary(self.total.histogram(name)) for name in HISTOGRAMS},
+            "histograms_ms": {name: self.total.summary(name) for name in HISTOGRAMS},
             "hdr": dict(self.total.histograms),
-            "per_second": [s.to_dict() for s in self.slices],
+            "slices": self.slice_count or len(self.slices),
             "errors": self.errors,
         }
+
+    def per_second(self) -> Iterator[dict[str, Any]]:
+        """One dict per slice kept (summaries computed when the slice completed: nothing is walked again here)."""
+        return (s.to_dict() for s in self.slices)
 
 
 def spec_total(spec: LoadSpec) -> int:
@@ -175,7 +181,10 @@ def spec_total(spec: LoadSpec) -> int:
 class LoadRun:
     """One open-loop run: start() in the background, slices() while it runs, wait() or stop() for the result."""
 
-    def __init__(self, lab: Lab, spec: LoadSpec, slice_s: float = 1.0):
+    def __init__(self, lab: Lab, spec: LoadSpec, slice_s: float = 1.0, history: int | None = None):
+        """history: keep only the last `history` completed slices in memory (None: all of them). A long run
+        that streams its slices elsewhere sets it, so its memory does not grow with its length; readers
+        (slices(), take_client) must then keep up within that many slices."""
         spec.validate()
         self.lab = lab
         self.spec = spec
@@ -185,7 +194,10 @@ class LoadRun:
         self.n_workers = spec.worker_count()
         self._procs: list = []
         self._lock = threading.Condition()
-        self._slices: list[ClientSlice] = []
+        self.history = history
+        self._slices: list[ClientSlice] = []  # the kept ones; _dropped older ones are gone (absolute index)
+        self._dropped = 0
+        self._total = Tally()
         self._pending: dict[int, list[dict]] = {}
         self._shipped = [-1] * self.n_workers
         self._finals: dict[int, dict] = {}
@@ -363,20 +375,16 @@ class LoadRun:
             ready = sorted(i for i in self._pending if i <= upto or final)
             new = []
             for i in ready:
-                parts = self._pending.pop(i)
-                s = ClientSlice(self.grid_wall + i * self.slice_s, self.grid_wall + (i + 1) * self.slice_s)
-                hists = {name: new_histogram() for name in HISTOGRAMS}
-                for p in parts:
-                    for k, v in p["outcomes"].items():
-                        s.outcomes[k] = s.outcomes.get(k, 0) + v
-                    for k, v in p["details"].items():
-                        s.details[k] = s.details.get(k, 0) + v
-                    s.scheduled += p["scheduled"]
-                    for name in HISTOGRAMS:
-                        decode_into(hists[name], p["histograms"].get(name, ""))
-                s.histograms = {name: encode(h) for name, h in hists.items()}
+                parts = [ClientSlice.from_dict(p) for p in self._pending.pop(i)]
+                t_start = self.grid_wall + i * self.slice_s
+                s = ClientSlice.merged(parts, t_start, t_start + self.slice_s)
+                self._total.add(s)  # the run's total grows slice by slice: nothing is left to add at the end
                 self._slices.append(s)
                 new.append(s)
+            if self.history is not None and len(self._slices) > 2 * self.history:  # trimmed in batches
+                cut = len(self._slices) - self.history
+                del self._slices[:cut]
+                self._dropped += cut
             if new:
                 self._lock.notify_all()
         for s in new:
@@ -390,24 +398,27 @@ class LoadRun:
 
     def slices(self, poll: float = 0.2) -> Iterator[ClientSlice]:
         """Completed slices as they come, until the run ends."""
-        seen = 0
+        seen = 0  # absolute slice index
         while True:
             with self._lock:
-                while seen >= len(self._slices) and not self._done:
+                while seen >= self._completed and not self._done:
                     self._lock.wait(timeout=poll)
-                batch = self._slices[seen:]
-                seen = len(self._slices)
+                batch = self._slices[max(0, seen - self._dropped) :]
+                seen = self._completed
                 done = self._done
             yield from batch
-            if done and seen >= len(self._slices):
+            if done and seen >= self._completed:
                 return
 
     def take_client(self, until_wall: float) -> ClientSlice | None:
         """Merge the completed slices that end by `until_wall` and were not taken yet (for the recorder)."""
         with self._lock:
             batch = []
-            while self._taken < len(self._slices) and self._slices[self._taken].t_end <= until_wall + 1e-6:
-                batch.append(self._slices[self._taken])
+            self._taken = max(self._taken, self._dropped)
+            while (
+                self._taken < self._completed and self._slices[self._taken - self._dropped].t_end <= until_wall + 1e-6
+            ):
+                batch.append(self._slices[self._taken - self._dropped])
                 self._taken += 1
         if not batch:
             return None
@@ -421,9 +432,14 @@ class LoadRun:
     def drained(self) -> bool:
         """Finished, and every slice taken by take_client (a recorder may let go of it)."""
         with self._lock:
-            return self._done and self._taken >= len(self._slices)
+            return self._done and self._taken >= self._completed
+
+    @property
+    def _completed(self) -> int:
+        return self._dropped + len(self._slices)
 
     def snapshot(self) -> list[ClientSlice]:
+        """The completed slices kept in memory (all of them unless `history` is set)."""
         with self._lock:
             return list(self._slices)
 
@@ -433,17 +449,8 @@ class LoadRun:
         with self._lock:
             slices = list(self._slices)
             finals = dict(self._finals)
-        total = ClientSlice(self.t0_wall, self.ended or time.time())
-        hists = {name: new_histogram() for name in HISTOGRAMS}
-        for s in slices:
-            for k, v in s.outcomes.items():
-                total.outcomes[k] = total.outcomes.get(k, 0) + v
-            for k, v in s.details.items():
-                total.details[k] = total.details.get(k, 0) + v
-            total.scheduled += s.scheduled
-            for name in HISTOGRAMS:
-                decode_into(hists[name], s.histograms.get(name, ""))
-        total.histograms = {name: encode(h) for name, h in hists.items()}
+            total = self._total.slice(self.t0_wall, self.ended or time.time())
+            count = self._completed
         return LoadResult(
             spec=self.spec,
             source=self.source,
@@ -452,6 +459,7 @@ class LoadRun:
             ended=self.ended or time.time(),
             total=total,
             slices=slices,
+            slice_count=count,
             workers=self.n_workers,
             connections=sum(f.get("connections", 0) for f in finals.values()),
             unfinished=sum(f.get("unfinished", 0) for f in finals.values()),

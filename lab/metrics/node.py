@@ -9,13 +9,7 @@ from lab import toolbox
 from lab.hosts import Host
 
 NODE_CONNTRACK_STATS = ("found", "insert_failed", "drop", "early_drop", "invalid")
-NODE_TCP = (
-    "TcpExtTCPSynRetrans",
-    "TcpExtListenOverflows",
-    "TcpExtListenDrops",
-    "TcpAttemptFails",
-    "TcpEstabResets",
-)
+NODE_TCP = toolbox.TCP_COUNTERS  # every TCP counter the toolbox names an SRE's first read (one list)
 
 
 @dataclass

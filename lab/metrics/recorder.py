@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,10 +64,14 @@ def run_header(lab: Lab, interval: float, note: str = "") -> dict[str, Any]:
         "scaled": {
             "health_check_interval_s": inter,
             "health_check_timeout_s": timeout,
-            "backend_connect_timeout_s": topo.elb.connect_timeout * scale,
             "idle_timeout_s": topo.elb.idle_timeout * scale,
         },
-        "not_scaled": ["kernel TCP timers (SYN retransmits at 1 s, 3 s, ...)", "conntrack timeouts", "interval_s"],
+        # The namespaces' conntrack and TCP timers are scaled too (the plan's sysctls); these cannot be.
+        "not_scaled": {
+            "backend_connect_timeout_s": topo.elb.connect_timeout,  # it races the SYN retransmits
+            "kernel": ["TCP's 1 s initial RTO (SYN retransmits at 1 s, 3 s, ...)", "socket TIME_WAIT"],
+            "interval_s": interval,
+        },
         # HAProxy starts the next check `inter` after the previous one ended: a check that times out
         # makes the period inter + timeout.
         "health_checks_per_interval": {
@@ -91,6 +96,7 @@ class Recorder:
         nodes: bool = True,
         client: ClientSource | None = None,
         note: str = "",
+        keep: bool = True,
     ):
         self.lab = lab
         self.path = Path(path) if path else None
@@ -98,6 +104,8 @@ class Recorder:
         self.with_nodes = nodes
         self.clients: list[ClientSource] = [client] if client is not None else []
         self.note = note
+        self.keep = keep  # every interval record in `records` (a scenario's evaluation reads them); off for
+        # an open-ended watch, whose memory must not grow with time
         self.elb = ElbSampler(lab)
         self.node_hosts = [lab.host(n.name) for n in lab.topology.k8s_nodes] if nodes else []
         self.series = ErrorSeries()
@@ -173,7 +181,7 @@ class Recorder:
             if self._file:
                 self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
                 self._file.flush()
-            if record.get("type") == "interval":
+            if record.get("type") == "interval" and self.keep:
                 self.records.append(record)
         for fn in list(self._listeners):
             with contextlib.suppress(Exception):
@@ -201,16 +209,15 @@ class Recorder:
             clients = list(self.clients)
         if clients:
             time.sleep(CLIENT_GRACE_S)
-            merged = ClientSlice(self._t_prev, t)
+            taken = []
             for c in clients:
-                taken = c.take_client(float("inf") if final else t)  # the last interval takes the rest
-                if taken is not None:
-                    merged.merge(taken)
+                part = c.take_client(float("inf") if final else t)  # the last interval takes the rest
+                if part is not None:
+                    taken.append(part)
                 elif c.drained:
                     with self._write_lock:
                         self.clients.remove(c)  # finished and fully taken
-            merged.t_start, merged.t_end = self._t_prev, t
-            client = merged.to_dict()
+            client = ClientSlice.merged(taken, self._t_prev, t).to_dict()
         record = {
             "type": "interval",
             "seq": self._seq,
@@ -239,6 +246,31 @@ class Recorder:
             except Exception as exc:  # one bad sample (a tool timed out): the next interval covers both
                 self.event("sampling failed", error=f"{type(exc).__name__}: {exc}")
             k = max(k + 1, int((time.time() - self._grid) / self.interval) + 1)  # skip, never pile up
+
+
+def watch(
+    lab: Lab, interval: float, path: Path | str | None = None, nodes: bool = True, note: str = ""
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Record every `interval` and yield (header, interval record) as each one is written, for as long as the
+    caller iterates; closing the iterator stops the recorder (no partial last interval: the caller left).
+    Raises InputError when no interval arrives within a minute of when it was due (the lab went away)."""
+    rec = Recorder(lab, path, interval=interval, nodes=nodes, note=note, keep=False)
+    got: queue.Queue = queue.Queue()
+    rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
+    rec.start()
+    try:
+        while True:
+            deadline = time.monotonic() + interval + 60
+            while True:
+                try:
+                    record = got.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        raise InputError("no interval was recorded; is the lab still up? (lab status)") from None
+            yield rec.header, record
+    finally:
+        rec.stop(final_interval=False)
 
 
 def read_series(path: Path | str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:

@@ -213,6 +213,9 @@ class QuickSettings(Strict):
 
     time_scale: Float(0.001, 1) = Field(0.1, description="Timers and phases x this (1: real time)")
     set: list[Setting] = Field(default_factory=list, max_length=50, description="Extra overrides for quick runs")
+    note: Text(2000) = Field(
+        "", description="Where a timer matters: why quick and full-scale verdicts can or cannot agree"
+    )
 
 
 Scenario.model_rebuild()

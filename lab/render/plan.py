@@ -10,6 +10,7 @@ Shape of the network (as on AWS with kubenet, no overlay):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Literal
@@ -104,11 +105,78 @@ class NetworkPlan:
         raise KeyError(name)
 
 
+# The kernel's defaults for conntrack's TCP state timeouts (seconds) that the topology does not model;
+# kube-proxy sets ESTABLISHED and CLOSE_WAIT, the topology TIME_WAIT (Conntrack model).
+CONNTRACK_TCP_DEFAULTS = {
+    "syn_sent": 120,
+    "syn_recv": 60,
+    "fin_wait": 120,
+    "last_ack": 30,
+    "close": 10,
+    "max_retrans": 300,
+    "unacknowledged": 300,
+}
+# The kernel's defaults for the per-namespace socket timers the scenarios' connections can meet.
+TCP_FIN_TIMEOUT = 60  # orphaned FIN_WAIT2
+TCP_KEEPALIVE_TIME = 7200
+TCP_KEEPALIVE_INTVL = 75
+TCP_SYN_RETRIES = 6  # a connect gives up after 1+2+...+64 = 127 s
+TCP_SYNACK_RETRIES = 5  # a half-open server connection (SYN_RECV) after 63 s
+
+
+def _scaled(seconds: float, time_scale: float) -> str:
+    return str(max(1, round(seconds * time_scale)))
+
+
+def _scaled_retries(retries: int, time_scale: float) -> str:
+    """The retry count whose give-up time comes nearest (by ratio) to the scaled one.
+
+    SYN and SYN-ACK retransmits start at the initial RTO (1 s, fixed in the kernel) and double, so the
+    count is the only knob: n retries give up after 2^(n+1) - 1 seconds.
+    """
+    target = ((2 ** (retries + 1)) - 1) * time_scale
+    return str(min(range(1, retries + 1), key=lambda n: abs(math.log(((2 ** (n + 1)) - 1) / target))))
+
+
+def conntrack_sysctls(topo: Topology, time_scale: float = 1.0) -> list[tuple[str, str]]:
+    """A node's conntrack settings: kube-proxy's, and in a quick run every TCP state timeout scaled with the run.
+
+    A quick run makes the ELB's timers and the phases `time_scale` times shorter; entries that kept their
+    real lifetimes would outlive whole phases (a SYN_SENT entry: 120 s against a 36 s recovery) and decide
+    verdicts that the full-scale run decides by the hypothesis.
+    """
+    ct = topo.kube_proxy.conntrack
+    prefix = "net.netfilter.nf_conntrack_tcp_timeout_"
+    out = [
+        (prefix + "established", _scaled(ct.tcp_timeout_established, time_scale)),
+        (prefix + "close_wait", _scaled(ct.tcp_timeout_close_wait, time_scale)),
+        (prefix + "time_wait", _scaled(ct.tcp_timeout_time_wait, time_scale)),
+    ]
+    if time_scale != 1.0:  # at scale 1 the kernel's own defaults stand
+        out += [(prefix + state, _scaled(seconds, time_scale)) for state, seconds in CONNTRACK_TCP_DEFAULTS.items()]
+    out.append(("net.netfilter.nf_conntrack_tcp_be_liberal", "1" if ct.tcp_be_liberal else "0"))
+    return out
+
+
+def socket_sysctls(time_scale: float = 1.0) -> list[tuple[str, str]]:
+    """In a quick run, the per-namespace TCP socket timers scaled with the run (none at scale 1: the defaults)."""
+    if time_scale == 1.0:
+        return []
+    return [
+        ("net.ipv4.tcp_fin_timeout", _scaled(TCP_FIN_TIMEOUT, time_scale)),
+        ("net.ipv4.tcp_keepalive_time", _scaled(TCP_KEEPALIVE_TIME, time_scale)),
+        ("net.ipv4.tcp_keepalive_intvl", _scaled(TCP_KEEPALIVE_INTVL, time_scale)),
+        ("net.ipv4.tcp_syn_retries", _scaled_retries(TCP_SYN_RETRIES, time_scale)),
+        ("net.ipv4.tcp_synack_retries", _scaled_retries(TCP_SYNACK_RETRIES, time_scale)),
+    ]
+
+
 def _ifname(candidate: str, fallback: str) -> str:
     return candidate if len(candidate) <= 15 else fallback
 
 
-def build_plan(topo: Topology) -> NetworkPlan:
+def build_plan(topo: Topology, time_scale: float = 1.0) -> NetworkPlan:
+    """The plan of `topo`; `time_scale` < 1 (a quick run) also scales the kernel's per-namespace TCP timers."""
     hosts: list[HostPlan] = [
         HostPlan(CLIENT_ROUTER, "router", vpc="client"),
         HostPlan(CLUSTER_ROUTER, "router", vpc="cluster"),
@@ -204,17 +272,7 @@ def build_plan(topo: Topology) -> NetworkPlan:
         bridges.append(Bridge(node.name, POD_BRIDGE, IPv4Interface(f"{cbr0}/{pod_cidr.prefixlen}")))
         routes.append(Route(CLUSTER_ROUTER, pod_cidr, ip))  # the VPC route table entry kubenet adds
         sysctls.append((node.name, "net.ipv4.ip_forward", "1"))
-        ct = topo.kube_proxy.conntrack
-        sysctls.append(
-            (node.name, "net.netfilter.nf_conntrack_tcp_timeout_established", str(int(ct.tcp_timeout_established)))
-        )
-        sysctls.append(
-            (node.name, "net.netfilter.nf_conntrack_tcp_timeout_close_wait", str(int(ct.tcp_timeout_close_wait)))
-        )
-        sysctls.append(
-            (node.name, "net.netfilter.nf_conntrack_tcp_timeout_time_wait", str(int(ct.tcp_timeout_time_wait)))
-        )
-        sysctls.append((node.name, "net.netfilter.nf_conntrack_tcp_be_liberal", "1" if ct.tcp_be_liberal else "0"))
+        sysctls += [(node.name, key, value) for key, value in conntrack_sysctls(topo, time_scale)]
 
     # Pods: eth0 in the pod, a veth in the node on cbr0.
     on_node: dict[str, int] = {}
@@ -239,6 +297,11 @@ def build_plan(topo: Topology) -> NetworkPlan:
             )
         )
         routes.append(Route(pod.name, IPv4Network("0.0.0.0/0"), cidr.network_address + 1))
+
+    # Sockets live in the clients, the ELB nodes and the pods: their TCP timers run at the lab's scale too.
+    for host in hosts:
+        if host.role in ("client", "elb", "pod"):
+            sysctls += [(host.name, key, value) for key, value in socket_sysctls(time_scale)]
 
     for router in (CLIENT_ROUTER, CLUSTER_ROUTER):
         sysctls.append((router, "net.ipv4.ip_forward", "1"))

@@ -30,6 +30,11 @@ COMPARISONS = {
 # O4: the healthy lab path answers in a few ms; these are far outside it.
 SLOW_P99_MS = 200.0
 TIMEOUT_RATIO = 0.001
+# O3: judge the floor after the longest conntrack timeout the load's closed or failed connections leave
+# behind (UNACKNOWLEDGED and MAX_RETRANS, 300 s: data that went unanswered; SYN_SENT, TIME_WAIT: 120 s), in
+# ELB seconds, over at least one ELB minute.
+O3_SETTLE_S = 300.0
+O3_FLOOR_S = 60.0
 
 
 def measure(ref: MetricRef, run: dict[str, Any], scale: float) -> float | None:
@@ -169,20 +174,37 @@ def _o3(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
         after = _first(run, ("recovery", "idle"), after_load=True)
         if after is None:
             continue
-        # A floor, not the tail of the load: errors in the phase's second half, no lower than half of
-        # those in its first half, and no client traffic.
-        mid = (after["t_start"] + after["t_end"]) / 2
-        early = _stat(run, "elb.BackendConnectionErrors", {**after, "t_end": mid}, scale) or 0.0
-        floor = _stat(run, "elb.BackendConnectionErrors", {**after, "t_start": mid}, scale) or 0.0
-        requests = _stat(run, "client.requests", {**after, "t_start": mid}, scale, "sum") or 0
-        verdicts.append(floor > 0 and floor >= 0.5 * early and requests == 0)
+        # A floor, not what the load left behind: its connections' conntrack entries (up to 300 s, scaled
+        # with the run like the phase) can keep a node's table full, and its connects failing, after the
+        # clients stop. Judge what remains once they have expired: errors, no lower than half of those
+        # while they expired, and no client traffic.
+        settled = after["t_start"] + O3_SETTLE_S * scale
+        early = _stat(run, "elb.BackendConnectionErrors", {**after, "t_end": settled}, scale) or 0.0
+        floor = _stat(run, "elb.BackendConnectionErrors", {**after, "t_start": settled}, scale) or 0.0
+        requests = _stat(run, "client.requests", {**after, "t_start": settled}, scale, "sum") or 0
         prefix = f"{run['variant']}." if len(runs) > 1 else ""
+        if after["t_end"] - settled < O3_FLOOR_S * scale:
+            if not _stat(run, "elb.BackendConnectionErrors", after, scale, "sum"):
+                verdicts.append(False)  # no errors at all: no floor, however long the phase
+                values[f"{prefix}floor_per_min"] = 0.0
+                figures.append(f"0/min during {after['name']}")
+                continue
+            verdicts.append(None)
+            seconds = (after["t_end"] - after["t_start"]) / scale
+            figures.append(
+                f"{after['name']} lasts {seconds:.0f} s: too short to see past the load's conntrack entries "
+                f"({O3_SETTLE_S:.0f} s) and judge a floor ({O3_FLOOR_S:.0f} s more)"
+            )
+            continue
+        verdicts.append(floor > 0 and floor >= 0.5 * early and requests == 0)
         values.update({f"{prefix}floor_per_min": floor, f"{prefix}early_per_min": early, f"{prefix}requests": requests})
         trend = "" if floor >= 0.5 * early else f", down from {early:.0f}/min"
-        figures.append(f"{floor:.0f}/min during {after['name']}{trend} with {requests:.0f} client requests")
+        where = f"during {after['name']} after {O3_SETTLE_S:.0f} s"
+        figures.append(f"{floor:.0f}/min {where}{trend} with {requests:.0f} client requests")
     if not verdicts:
         return {"reproduced": None, "figure": "no idle or recovery phase after load"}
-    return {"reproduced": all(verdicts), "figure": "; ".join(figures), "values": values}
+    reproduced = False if False in verdicts else (None if None in verdicts else True)
+    return {"reproduced": reproduced, "figure": "; ".join(figures), "values": values}
 
 
 def _o4(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:

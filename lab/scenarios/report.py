@@ -127,8 +127,8 @@ def _scale_note(results: dict[str, Any]) -> str:
     return (
         f"Time scale {scale:g}: the ELB's timers (health check interval and timeout, idle and connect timeouts) "
         f"and the phases ran {1 / scale:g}x faster; per-minute ELB figures are given per ELB minute "
-        f"({60 * scale:g} s of wall time). Kernel TCP and conntrack timers (SYN retransmits, TIME_WAIT 120 s) "
-        "are NOT scaled."
+        f"({60 * scale:g} s of wall time). So are conntrack's TCP timeouts and the namespaces' TCP timers; "
+        "the kernel's 1 s initial RTO (SYN retransmits) and 60 s socket TIME_WAIT are not (docs/scenarios.md)."
     )
 
 

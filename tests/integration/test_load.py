@@ -59,7 +59,10 @@ def test_steady_load_through_the_elb_is_ok_and_counted_by_haproxy(make_lab, tmp_
         assert h["count"] == 3000
         assert 0 < h["p50_ms"] <= h["p90_ms"] <= h["p99_ms"] <= h["p99.9_ms"] <= h["max_ms"]
         assert data["hdr"][name]  # the full HDR histogram, encoded, for later merging
-    assert len(data["per_second"]) >= 10
+    # The per-second series streams to JSON Lines beside the summary, one line per slice.
+    lines = (tmp_path / data["per_second_file"]).read_text().splitlines()
+    assert len(lines) == data["slices"] >= 10
+    assert sum(json.loads(line)["requests"] for line in lines) == 3000
     assert "p99.9" in res.output and "outcomes: ok 3000" in res.output.replace("  ", " ")
 
 
@@ -90,6 +93,23 @@ def test_ramp_and_slices_stream(make_lab):
     assert [s.scheduled for s in slices] == pytest.approx(want, abs=2)  # the linear ramp, second by second
     assert all(s.t_start == int(s.t_start) for s in slices)
     assert sum(s.requests for s in slices) == 800
+
+
+def test_a_run_with_history_keeps_few_slices_and_readers_still_see_every_one(make_lab):
+    """A long run's memory: with history=2 only the last slices stay, yet slices() and take_client get them all."""
+    lab = make_lab()
+    run = LoadRun(lab, LoadSpec(service="accounts", rate=100, duration=7, via="node"), history=2)
+    run.start()
+    seen = list(run.slices())
+    result = run.wait()
+    kept = run.snapshot()
+    assert sum(s.requests for s in seen) == result.requests == 700
+    assert len(kept) <= 4 < len(seen)
+    assert result.to_dict()["slices"] == len(seen)
+    assert not run.drained
+    # A reader that fell behind gets what is still kept (the dropped seconds are in the total and the files).
+    assert run.take_client(float("inf")).requests == sum(s.requests for s in kept)
+    assert run.drained
 
 
 def test_outcome_classes(make_lab):
@@ -159,4 +179,4 @@ def test_ctrl_c_prints_the_partial_result_and_leaves_nothing_running(make_lab):
     assert "(interrupted: partial result)" in out
     assert "every load worker has exited" in err and "Traceback" not in err
     assert pids_in_netns([client.netns])[client.netns] == []  # no worker left in the client's namespace
-    assert list(lab.state.path("run").glob("load-*.jsonl")) == []
+    assert list(lab.state.path("run").glob("load-*.json*")) == []

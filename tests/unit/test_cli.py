@@ -52,6 +52,14 @@ def test_dry_run_prints_namespaces_rules_and_haproxy_config_without_root():
     assert "process pod/accounts-0" in out
 
 
+def test_dry_run_of_a_quick_lab_shows_its_scaled_kernel_timers():
+    out = invoke("up", "-t", str(TOPOLOGIES / "seed-2017.yaml"), "--time-scale", "0.1", "--dry-run").output
+    assert "sysctl node-a1: net.netfilter.nf_conntrack_tcp_timeout_syn_sent=12" in out
+    assert "sysctl apollo-1: net.ipv4.tcp_fin_timeout=6" in out
+    full = invoke("up", "-t", str(TOPOLOGIES / "seed-2017.yaml"), "--dry-run").output
+    assert "nf_conntrack_tcp_timeout_syn_sent" not in full and "tcp_fin_timeout" not in full
+
+
 def test_invalid_topology_is_one_line_naming_file_line_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((TOPOLOGIES / "default.yaml").read_text().replace("replicas: 2", "replicas: 2\n    replica: 3", 1))

@@ -81,3 +81,18 @@ def test_during_a_restart_the_live_pod_wins_over_the_terminating_one():
     for order in ([old, new], [new, old]):
         view = next(v for v in pod_views(TOPO, [deployment(name)], order) if v["name"] == f"pod/{name}")
         assert view["kubernetes_pod"] == f"{name}-new" and view["ready"] is False
+
+
+def test_a_quick_kind_lab_writes_the_scaled_conntrack_timers_into_each_node(monkeypatch):
+    """The node containers get the plan's sysctls at the lab's scale (setup_node stubbed: no kind cluster here)."""
+    from lab.backends import kind as kind_backend
+    from lab.lab import Lab
+
+    written: dict[str, dict[str, str]] = {}
+    monkeypatch.setattr(kind_backend, "setup_node", lambda host, sysctls: written.__setitem__(host, sysctls))
+    lab = Lab(name="hq", topology=TOPO, backend_name="kind", time_scale=0.1)
+    kind_backend.KindBackend()._setup_nodes(lab, {n.name: n.name for n in TOPO.k8s_nodes})
+    assert set(written) == {n.name for n in TOPO.k8s_nodes}
+    for sysctls in written.values():
+        assert sysctls["net.netfilter.nf_conntrack_tcp_timeout_syn_sent"] == "12"
+        assert sysctls["net.netfilter.nf_conntrack_tcp_timeout_time_wait"] == "12"

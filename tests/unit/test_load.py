@@ -3,11 +3,13 @@ worker engine against a real LabService server on this machine's loopback (no la
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 
 import pytest
+from hdrh.histogram import HdrHistogram
 from labservices.server import PodIdentity, listen_tcp, serve
 from typer.testing import CliRunner
 
@@ -17,8 +19,9 @@ from lab.errors import InputError
 from lab.load import outcomes, wire
 from lab.load.generator import LoadSpec
 from lab.load.schedule import Ramp
-from lab.load.stats import ClientSlice, encode, new_histogram, record, summary
+from lab.load.stats import PERCENTILES, ClientSlice, Tally, encode, new_histogram, record, summary
 from lab.load.worker import Engine, WorkerSpec
+from tests.conftest import REPO
 
 
 def test_constant_rate_schedule():
@@ -86,6 +89,55 @@ def test_slices_merge_histograms_exactly():
     assert d["latency"]["count"] == 101 and d["latency"]["max_ms"] == pytest.approx(2000, rel=0.001)
     assert d["latency"]["p50_ms"] == pytest.approx(51, rel=0.01)
     assert summary(new_histogram()) == {"count": 0}
+
+
+def hdrh_summary(h: HdrHistogram) -> dict:
+    """The summary as it was computed before (hdrh walking every bucket in Python): the reference."""
+    n = h.get_total_count()
+    if n == 0:
+        return {"count": 0}
+    out = {"count": n, "min_ms": h.get_min_value() / 1000, "mean_ms": round(h.get_mean_value() / 1000, 3)}
+    for p in PERCENTILES:
+        out[f"p{p:g}_ms"] = h.get_value_at_percentile(p) / 1000
+    out["max_ms"] = h.get_max_value() / 1000
+    return out
+
+
+def recorded_run() -> tuple[list[ClientSlice], dict]:
+    """A real 12 s run (per-request, 300/s through the ELB): its slices with their encoded histograms, and
+    what the code before incremental summaries printed for them (per_second, histograms_ms, hdr)."""
+    data = json.loads((REPO / "tests" / "fixtures" / "load" / "run-12s-per-request.json").read_text())
+    return [ClientSlice.from_dict(d) for d in data["slices"]], data["expected"]
+
+
+def test_recorded_run_summaries_are_the_same_numbers_as_before():
+    slices, expected = recorded_run()
+    assert sum(s.requests for s in slices) == 3600
+    assert [s.to_dict() for s in slices] == expected["per_second"]
+    total = ClientSlice.merged(slices, slices[0].t_start, slices[-1].t_end)
+    assert {name: total.summary(name) for name in expected["histograms_ms"]} == expected["histograms_ms"]
+    for name, encoded in expected["hdr"].items():  # the total histogram itself, bucket for bucket
+        assert list(total.histogram(name).counts) == list(HdrHistogram.decode(encoded.encode()).counts)
+
+
+def test_fast_summary_matches_hdrh_on_every_kind_of_histogram():
+    slices, _ = recorded_run()
+    hists = [s.histogram(name) for s in slices for name in ("latency", "connect", "rpc")]
+    edge = new_histogram()  # the first bucket (1 µs steps), repeated counts and the top of the range
+    for us, count in ((1, 3), (2047, 1), (2048, 5), (123_456, 2), (3_600_000_000, 1)):
+        edge.record_value(us, count)
+    for h in [*hists, edge, HdrHistogram.decode(edge.encode())]:
+        assert summary(h) == hdrh_summary(h)
+
+
+def test_tally_summarises_once_from_live_histograms():
+    slices, expected = recorded_run()
+    tally = Tally()
+    for s in slices:
+        tally.add(s)
+    total = tally.slice(0, 12)
+    assert total._summaries["latency"][1] == expected["histograms_ms"]["latency"]  # computed when made
+    assert total.to_dict()["latency"] is total.summary("latency")  # and not again
 
 
 @pytest.mark.parametrize(

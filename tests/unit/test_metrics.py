@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -15,8 +17,9 @@ from typer.testing import CliRunner
 from lab.cli.app import app
 from lab.cli.commands import metrics as _metrics  # noqa: F401  registers the commands
 from lab.errors import InputError
-from lab.metrics import accounting, elb, exposition, node, plot, recorder
+from lab.metrics import accounting, elb, exposition, node, plot, recorder, session
 from lab.render import accounting as render_accounting
+from tests.conftest import REPO
 
 # elb-a1 after two requests through it while node-a1's NodePort was dropped (4 attempts each: 1 + 3 retries),
 # one failed health check (UP 5/6) and one good one.
@@ -299,3 +302,42 @@ def test_plot_and_metrics_cli_bad_input(tmp_path):
 def test_help_has_an_example(cmd):
     res = CliRunner().invoke(app, [cmd, "--help"])
     assert res.exit_code == 0 and "Example" in res.output and f"lab {cmd}" in res.output
+
+
+# --- lab load's session files and lab top's live view ---
+
+
+def recorded_slices():
+    from lab.load.stats import ClientSlice
+
+    data = json.loads((REPO / "tests" / "fixtures" / "load" / "run-12s-per-request.json").read_text())
+    return [ClientSlice.from_dict(d) for d in data["slices"]]
+
+
+def test_per_second_series_sits_beside_the_summary(tmp_path):
+    assert session.per_second_path(tmp_path / "result.json") == tmp_path / "result.per-second.jsonl"
+    session.check_output(tmp_path / "result.json", "--output")  # a file that can be made: fine
+    with pytest.raises(InputError, match=r"--output .*: is a directory"):
+        session.check_output(tmp_path, "--output")
+    with pytest.raises(InputError, match=r"--json .*: no directory .*missing; create it first"):
+        session.check_output(tmp_path / "missing" / "r.json", "--json")
+
+
+def test_lab_top_merges_running_loads_by_their_histograms(tmp_path):
+    """Two loads running (this process and its parent stand in for them; a lab's state dir is a plain
+    directory here): their latest slices merge exactly; a file left by a process that is gone is ignored."""
+    from lab.load.stats import ClientSlice
+
+    lab = SimpleNamespace(state=SimpleNamespace(path=lambda *parts: tmp_path.joinpath(*parts)))
+    (tmp_path / "run").mkdir()
+    a, b = recorded_slices()[3:5]
+    for pid, s in ((os.getpid(), a), (os.getppid(), b), (2**22 + 1, b)):  # the last pid: beyond pid_max
+        session.live_path(lab, pid).write_text(json.dumps(s.to_dict(with_histograms=True)))
+    merged = session.live_clients(lab)
+    both = ClientSlice.merged([a, b], 0, 1)
+    assert merged["requests"] == a.requests + b.requests
+    assert merged["latency"] == both.summary("latency")
+    assert merged["latency"]["count"] == a.summary("latency")["count"] + b.summary("latency")["count"]
+    assert (
+        session.live_clients(SimpleNamespace(state=SimpleNamespace(path=lambda *p: tmp_path.joinpath("x", *p)))) is None
+    )

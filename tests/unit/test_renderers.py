@@ -11,7 +11,7 @@ import pytest
 from lab.models.topology import Topology
 from lab.models.yamlio import load_model
 from lab.render.haproxy import HaproxyPaths, render_haproxy
-from lab.render.plan import build_plan, describe
+from lab.render.plan import build_plan, conntrack_sysctls, describe, socket_sysctls
 from tests.conftest import TOPOLOGIES, assert_golden
 
 PATHS = HaproxyPaths(stats_socket=Path("/run/lab/x/run/elb.sock"), pid_file=Path("/run/lab/x/run/elb.pid"))
@@ -30,6 +30,56 @@ def load(file: str, overrides: list[str]) -> Topology:
 def test_plan_golden(variant):
     topo = load(*VARIANTS[variant])
     assert_golden(f"plan/{variant}.txt", describe(build_plan(topo)))
+
+
+def test_plan_golden_quick():
+    """A quick run's plan: every conntrack TCP state timeout and socket timer the lab sets, scaled by 0.1."""
+    topo = load("seed-2017.yaml", [])
+    assert_golden("plan/seed-2017-quick.txt", describe(build_plan(topo, time_scale=0.1)))
+
+
+def test_full_scale_plan_leaves_the_kernel_defaults_alone():
+    topo = load("seed-2017.yaml", [])
+    keys = {key for _host, key, _value in build_plan(topo).sysctls}
+    assert "net.netfilter.nf_conntrack_tcp_timeout_syn_sent" not in keys
+    assert not any(key.startswith("net.ipv4.tcp_") for key in keys)
+    assert socket_sysctls(1.0) == []
+
+
+def test_quick_plan_scales_every_conntrack_tcp_timeout_on_every_node():
+    topo = load("seed-2017.yaml", ["kube_proxy.conntrack.tcp_timeout_time_wait=30s"])
+    plan = build_plan(topo, time_scale=0.1)
+    for node in topo.k8s_nodes:
+        prefix = "net.netfilter.nf_conntrack_tcp_timeout_"
+        mine = {key.removeprefix(prefix): value for host, key, value in plan.sysctls
+                if host == node.name and key.startswith(prefix)}  # fmt: skip
+        assert mine == {
+            "established": "8640",  # kube-proxy's 24 h
+            "close_wait": "360",  # kube-proxy's 1 h
+            "time_wait": "3",  # the topology's 30 s
+            "syn_sent": "12",
+            "syn_recv": "6",
+            "fin_wait": "12",
+            "last_ack": "3",
+            "close": "1",
+            "max_retrans": "30",
+            "unacknowledged": "30",
+        }
+
+
+def test_retry_counts_give_up_near_the_scaled_time():
+    # 6 SYN retries give up after 127 s; x0.1 = 12.7 s: 3 retries (15 s) is nearer than 2 (7 s).
+    assert dict(socket_sysctls(0.1))["net.ipv4.tcp_syn_retries"] == "3"
+    # 5 SYN-ACK retries: 63 s; x0.1 = 6.3 s: 2 retries (7 s).
+    assert dict(socket_sysctls(0.1))["net.ipv4.tcp_synack_retries"] == "2"
+    assert dict(socket_sysctls(0.5))["net.ipv4.tcp_syn_retries"] == "5"  # 63 s for 63.5 s
+    assert dict(socket_sysctls(0.001))["net.ipv4.tcp_syn_retries"] == "1"  # never below one retry
+
+
+def test_scaled_timers_never_reach_zero():
+    topo = load("seed-2017.yaml", [])
+    values = [int(v) for _k, v in conntrack_sysctls(topo, 0.001) if "timeout" in _k]
+    assert min(values) == 1  # CLOSE's 10 s x 0.001: the kernel reads 0 as "expire now"
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -63,6 +113,8 @@ def test_time_scale_shrinks_elb_timers_and_says_so():
     cfg = render_haproxy(topo, build_plan(topo), topo.elb_nodes[0], PATHS, time_scale=0.1)
     assert "inter 1000ms fall 6 rise 2" in cfg and "timeout client 6000ms" in cfg
     assert "ELB timers scaled by 0.1" in cfg
+    # The backend connect timeout races the kernel's SYN retransmits (1 s, 3 s): it stays real.
+    assert "timeout connect 5000ms" in cfg.split("backend elb-health")[0]
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (make setup)")

@@ -178,9 +178,9 @@ def interval(t: float, errors: int, requests: int = 0, client: dict | None = Non
     }
 
 
-def run(variant: str, instances: int, floor: int, scale: float = 0.1) -> dict:
-    # idle 0-10 s at `floor` errors per second, steady 10-20 s, recovery 20-30 s
-    intervals = [interval(t, floor) for t in range(30)]
+def run(variant: str, instances: int, floor: int, scale: float = 0.1, after: int = 40) -> dict:
+    # idle 0-10 s at `floor` errors per second, steady 10-20 s, recovery 20 s to 20 + `after`
+    intervals = [interval(t, floor) for t in range(20 + after)]
     return {
         "variant": variant,
         "instances": instances,
@@ -194,7 +194,7 @@ def run(variant: str, instances: int, floor: int, scale: float = 0.1) -> dict:
                 "faults": [],
                 "load": {"requests": 100, "ok_ratio": 1.0, "outcomes": {"ok": 100}, "histograms_ms": {}},
             },
-            {"name": "after", "kind": "recovery", "t_start": 20, "t_end": 30, "faults": []},
+            {"name": "after", "kind": "recovery", "t_start": 20, "t_end": 20 + after, "faults": []},
         ],
         "intervals": intervals,
     }
@@ -232,6 +232,35 @@ def test_o3_floor_after_load_and_o5_only_for_controls():
     assert obs["O5"]["reproduced"] is False  # errors everywhere: not a healthy ELB
     assert observations([run("x", 3, 0)], 0.1, ["O5"])["O5"]["reproduced"] is True
     assert observations([run("x", 3, 0)], 0.1, [])["O5"]["reproduced"] is None
+
+
+def test_o3_judges_what_remains_after_the_loads_conntrack_entries_expire():
+    # At x0.1 the entries' 300 s are 30 wall seconds: errors that stop within them are the load's tail.
+    tail = run("x", 3, 2)
+    tail["intervals"] = [i for i in tail["intervals"] if i["t_start"] < 45]
+    tail["intervals"] += [interval(t, 0) for t in range(45, 60)]
+    o3 = observations([tail], 0.1, [])["O3"]
+    assert o3["reproduced"] is False and "down from" in o3["figure"]
+    # Errors that go on at the same rate past them are a floor.
+    assert observations([run("x", 3, 2)], 0.1, [])["O3"]["reproduced"] is True
+
+
+def test_o3_says_when_the_phase_is_too_short_to_judge():
+    short = observations([run("x", 3, 2, after=20)], 0.1, [])["O3"]  # 200 ELB s < 300 s + 60 s
+    assert short["reproduced"] is None and "too short" in short["figure"]
+    assert observations([run("x", 3, 0, after=20)], 0.1, [])["O3"]["reproduced"] is False  # no errors at all
+
+
+def test_o3_is_the_same_rule_at_full_scale():
+    full = run("x", 3, 2, scale=1.0)
+    for p in full["phases"]:  # the same run in ELB seconds: x10
+        p["t_start"], p["t_end"] = p["t_start"] * 10, p["t_end"] * 10
+    full["intervals"] = [interval(t * 10, 20, span=10) for t in range(60)]
+    assert observations([full], 1.0, [])["O3"]["reproduced"] is True
+    full["intervals"] = [i for i in full["intervals"] if i["t_start"] < 450] + [
+        interval(t * 10, 0, span=10) for t in range(45, 60)
+    ]
+    assert observations([full], 1.0, [])["O3"]["reproduced"] is False
 
 
 def test_every_observation_gives_its_numbers_headline_first():
@@ -313,7 +342,7 @@ def test_reports_are_written_and_well_formed(tmp_path):
     assert set(files) == {"results.json", "report.md", "report.html", "junit.xml"}
     assert json.loads(files["results.json"].read_text())["scenarios"][0]["id"] == "hc-fanout"
     md = files["report.md"].read_text()
-    assert "| hc-fanout | YES 1/1 54/min | - |" in md and "Kernel TCP and conntrack timers" in md
+    assert "| hc-fanout | YES 1/1 54/min | - |" in md and "1 s initial RTO (SYN retransmits)" in md
     suites = ET.parse(files["junit.xml"]).getroot()
     assert suites.tag == "testsuites"
     broken = next(s for s in suites if s.get("name") == "broken")

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand
 
-from lab.cli.app import command, console, print_json, progress
+from lab.cli.app import command, print_json, progress, say
 from lab.cli.options import (
     BackendOpt,
     FromOpt,
@@ -64,13 +64,12 @@ def up_cmd(
         print_json(result)
         return
     topo = lab.topology
-    out = console()
-    out.print(
+    say(
         f"lab '{lab.name}' is up in {result['seconds']:.2f}s: {len(topo.elb_nodes)} ELB nodes, "
         f"{len(topo.k8s_nodes)} nodes, {len(topo.pods)} pods, {len(topo.services)} services "
         f"(kube-proxy {topo.kube_proxy.flavour}, cross-zone {'on' if topo.elb.cross_zone else 'off'})"
     )
-    out.print(
+    say(
         f"next: lab status -n {lab.name}   lab call {topo.services[0].name} whoami -n {lab.name}   "
         f"lab down -n {lab.name}"
     )
@@ -85,11 +84,9 @@ def down_cmd(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
     if json_out:
         print_json(result)
     elif not result["was_up"]:
-        console().print(f"lab '{result['name']}' is not up; nothing to do")
+        say(f"lab '{result['name']}' is not up; nothing to do")
     else:
-        console().print(
-            f"lab '{result['name']}' is down ({len(result['removed'])} namespaces removed in {result['seconds']:.2f}s)"
-        )
+        say(f"lab '{result['name']}' is down ({len(result['removed'])} namespaces removed in {result['seconds']:.2f}s)")
 
 
 @command("clean", epilog="Examples:\n\n  lab clean --name seed\n\n  lab clean")
@@ -108,9 +105,9 @@ def clean_cmd(
         print_json(results)
         return
     if not results:
-        console().print("nothing to clean")
+        say("nothing to clean")
     for r in results:
-        console().print(f"removed lab '{r['name']}' ({len(r['removed'])} namespaces)")
+        say(f"removed lab '{r['name']}' ({len(r['removed'])} namespaces)")
 
 
 @command("status", epilog="Examples:\n\n  lab status\n\n  lab status --name seed --json")
@@ -156,11 +153,11 @@ def call_cmd(
     if json_out:
         print_json(result)
         return
-    console().print(
+    say(
         f"{result['method']} -> {service} {result['from']} -> {result['to']} ({result['address']}, via {via}): "
         f"connect {result['connect_ms']:.2f} ms, rpc {result['rpc_ms']:.2f} ms"
     )
-    console().print(json.dumps(result["result"], default=str))
+    say(json.dumps(result["result"], default=str))  # plain: JSON's brackets are not markup
 
 
 class _ExecUsage(TyperCommand):

@@ -5,9 +5,7 @@ The library is imported inside each function (at use, for start-up speed): `lab 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,13 +16,11 @@ import typer
 from lab.cli.app import command, err_console, print_json
 from lab.cli.app import console as _console
 from lab.cli.options import JsonOpt, NameOpt, OutputOpt, duration_option, lab_name, seconds
-from lab.errors import InputError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from lab.lab import Lab
-    from lab.load import ClientSlice, LoadResult, LoadRun, LoadSpec
+    from lab.load import ClientSlice, LoadRun
 
 EXAMPLES = (
     "Examples:\n\n  lab load accounts --rate 500 --duration 30s\n\n"
@@ -32,11 +28,6 @@ EXAMPLES = (
     "  lab load catalog --rate 100 --rate-end 2000 --duration 2m --record run.jsonl --interval 5s\n\n"
     "  lab load accounts --rate 1000 --duration 10 --via pod --target accounts-0 --timeout 500ms"
 )
-
-
-def live_file(lab: Lab) -> Path:
-    """Where a running `lab load` publishes its per-second slices for `lab top` (one file per process)."""
-    return lab.state.path("run", f"load-{os.getpid()}.jsonl")
 
 
 def _slice_line(s: ClientSlice) -> str:
@@ -119,7 +110,8 @@ def load_cmd(
 ) -> None:
     """Send open-loop Thrift load through the lab and report outcomes and latency (HDR histograms)."""
     from lab.lab import Lab  # imported at use for start-up speed
-    from lab.load import LoadRun, LoadSpec
+    from lab.load import LoadSpec
+    from lab.metrics.session import run_session
 
     spec = LoadSpec(
         service=service,
@@ -144,65 +136,25 @@ def load_cmd(
 
         check_interval(interval_s)
     lab = Lab.load(lab_name(name))
-    run = LoadRun(lab, spec)
-    recorder = None
-    if record is not None:
-        from lab.metrics.recorder import Recorder
-
-        recorder = Recorder(lab, record, interval=interval_s, client=run, note=f"lab load {service}")
-    quiet = json_out
-    live_path = live_file(lab)
-    live_path.write_text("")
-
-    def publish(s: ClientSlice) -> None:
-        with open(live_path, "a") as f:
-            f.write(json.dumps(s.to_dict()) + "\n")
-
-    run.on_slice(publish)
-    result: LoadResult | None = None
-    interrupted = False
-    try:
-        if recorder is not None:
-            recorder.start()
-        run.start()
-        if recorder is not None:
-            recorder.event("load started", service=service, rate=rate, rate_end=rate_end, connections=connections)
-        result = _follow(run, spec, quiet)
-    except KeyboardInterrupt:
-        interrupted = True
-        result = run.stop(abort=True)
-    finally:
-        run.close()
-        with contextlib.suppress(OSError):
-            live_path.unlink()
-        if recorder is not None:
-            with contextlib.suppress(Exception):
-                recorder.event("load ended", interrupted=interrupted)
-            recorder.stop()
-    data = result.to_dict()
-    if output is not None:
-        try:
-            output.write_text(json.dumps(data, indent=2) + "\n")
-        except OSError as exc:
-            raise InputError(f"--output {output}: {exc.strerror}") from None
+    session = run_session(lab, spec, output, record, interval_s, follow=None if json_out else _follow)
+    data = session.to_dict()
     if json_out:
         print_json(data)
     else:
         print_result(data)
-        if output is not None:
-            _console().print(f"JSON result: {output}")
+        if session.summary_file is not None:
+            _console().print(f"JSON result: {session.summary_file} (per second: {session.per_second_file})")
         if record is not None:
             _console().print(f"recorded: {record} (plot it: lab plot {record} -o run.png)")
-    if interrupted:
+    if session.interrupted:
         print("Interrupted: partial result above; every load worker has exited.", file=sys.stderr, flush=True)
         raise typer.Exit(130)
 
 
-def _follow(run: LoadRun, spec: LoadSpec, quiet: bool) -> LoadResult:
+def _follow(run: LoadRun) -> None:
     """Show progress while the run goes: a live line on a terminal, a line every 5 s otherwise."""
+    spec = run.spec
     started = time.monotonic()
-    if quiet:
-        return run.wait()
     if sys.stderr.isatty() and err_console().is_terminal:
         from rich.live import Live  # imported at use for start-up speed
 
@@ -210,10 +162,9 @@ def _follow(run: LoadRun, spec: LoadSpec, quiet: bool) -> LoadResult:
             for s in run.slices():
                 left = max(0.0, spec.duration - (time.monotonic() - started))
                 live.update(f"[bold]lab load[/] {spec.service}: {_slice_line(s)}  ({left:.0f}s left)")
-        return run.wait()
+        return
     last = 0.0
     for s in run.slices():
         if time.monotonic() - last >= 5:
             last = time.monotonic()
             print(f"lab load {spec.service}: {_slice_line(s)}", file=sys.stderr, flush=True)
-    return run.wait()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,6 @@ from lab.errors import InputError
 if TYPE_CHECKING:
     from rich.console import Group
     from rich.table import Table
-
-    from lab.lab import Lab
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -82,28 +79,23 @@ def errors_line(record: dict[str, Any]) -> Table | str:
     return table
 
 
-NODE_ROWS = [
-    ("conntrack entries", lambda v: f"{v['conntrack']['count']}/{v['conntrack']['max']}"),
-    ("conntrack fill %", lambda v: f"{v['conntrack']['fill'] * 100:.2f}"),
-    *[
-        (k, (lambda key: lambda v: str(v["conntrack_stats"][key]))(k))
-        for k in ("insert_failed", "drop", "early_drop", "invalid")
-    ],
-    *[
-        (k, (lambda key: lambda v: str(v["tcp"][key]))(k))
-        for k in (
-            "TcpExtTCPSynRetrans",
-            "TcpExtListenOverflows",
-            "TcpExtListenDrops",
-            "TcpAttemptFails",
-            "TcpEstabResets",
-        )
-    ],
-    (
-        "KUBE-SVC/SVL packets",
-        lambda v: str(sum(n for k, n in v["kube_chains"].items() if "/KUBE-SVC-" in k or "/KUBE-SVL-" in k)),
-    ),
-]
+def node_rows() -> list[tuple[str, Any]]:
+    """(label, cell of a node's interval) for the nodes table: the recorder's TCP counters, whatever they are."""
+    from lab.metrics.node import NODE_TCP  # imported at use for start-up speed
+
+    return [
+        ("conntrack entries", lambda v: f"{v['conntrack']['count']}/{v['conntrack']['max']}"),
+        ("conntrack fill %", lambda v: f"{v['conntrack']['fill'] * 100:.2f}"),
+        *[
+            (k, (lambda key: lambda v: str(v["conntrack_stats"][key]))(k))
+            for k in ("insert_failed", "drop", "early_drop", "invalid")
+        ],
+        *[(k, (lambda key: lambda v: str(v["tcp"].get(key, "-")))(k)) for k in NODE_TCP],
+        (
+            "KUBE-SVC/SVL packets",
+            lambda v: str(sum(n for k, n in v["kube_chains"].items() if "/KUBE-SVC-" in k or "/KUBE-SVL-" in k)),
+        ),
+    ]
 
 
 def nodes_table(record: dict[str, Any]) -> Table | None:
@@ -116,7 +108,7 @@ def nodes_table(record: dict[str, Any]) -> Table | None:
     table.add_column("")
     for node in nodes:
         table.add_column(node, justify="right")
-    for label, cell in NODE_ROWS:
+    for label, cell in node_rows():
         table.add_row(label, *(cell(v) for v in nodes.values()))
     return table
 
@@ -162,12 +154,6 @@ def record_view(record: dict[str, Any], header: dict[str, Any], client: dict[str
     return Group(*[p for p in parts if p is not None])
 
 
-def _recorder(lab: Lab, interval: float, record: Path | None, nodes: bool):
-    from lab.metrics.recorder import Recorder
-
-    return Recorder(lab, record, interval=interval, nodes=nodes, note="lab metrics")
-
-
 @command(
     "metrics",
     epilog="Examples:\n\n  lab metrics --interval 10\n\n  lab metrics -i 5 --watch --record idle.jsonl\n\n"
@@ -186,75 +172,32 @@ def metrics_cmd(
 
     --json prints the interval as JSON (with --watch: one line per interval)."""
     from lab.lab import Lab  # imported at use for start-up speed
+    from lab.metrics import recorder
     from lab.metrics.exposition import to_prometheus
-    from lab.metrics.recorder import check_interval
 
-    interval = check_interval(seconds(interval, "--interval"))
+    interval = recorder.check_interval(seconds(interval, "--interval"))
     lab = Lab.load(lab_name(name))
-    rec = _recorder(lab, interval, record, nodes)
-    got: queue.Queue = queue.Queue()
-    rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
-    rec.start()
-    try:
+    spinner = not json_out and not prometheus and sys.stderr.isatty() and err_console().is_terminal
+    with contextlib.closing(recorder.watch(lab, interval, record, nodes, note="lab metrics")) as intervals:
         while True:
-            if not json_out and not prometheus and sys.stderr.isatty() and err_console().is_terminal:
-                with err_console().status(f"measuring one {interval:g}s interval (Ctrl-C to stop)"):
-                    r = _next(got, interval)
-            else:
-                r = _next(got, interval)
+            with (
+                err_console().status(f"measuring one {interval:g}s interval (Ctrl-C to stop)")
+                if spinner
+                else contextlib.nullcontext()
+            ):
+                header, r = next(intervals)
             if json_out and watch:  # one compact line per interval: JSON Lines for a pipe
                 sys.stdout.write(json.dumps(r, separators=(",", ":")) + "\n")
                 sys.stdout.flush()
             elif json_out:
                 print_json(r)
             elif prometheus:
-                sys.stdout.write(to_prometheus(rec.header, r))
+                sys.stdout.write(to_prometheus(header, r))
                 sys.stdout.flush()
             else:
-                _console().print(record_view(r, rec.header))
+                _console().print(record_view(r, header))
             if not watch:
                 break
-    finally:
-        rec.stop(final_interval=False)
-
-
-def _next(got: queue.Queue, interval: float) -> dict[str, Any]:
-    deadline = time.monotonic() + interval + 60
-    while True:
-        try:
-            return got.get(timeout=0.5)
-        except queue.Empty:
-            if time.monotonic() > deadline:
-                raise InputError("no interval was recorded; is the lab still up? (lab status)") from None
-
-
-def _live_clients(lab: Lab) -> dict[str, Any] | None:
-    """The latest per-second slice of each `lab load` running on this lab, merged (what `lab top` shows)."""
-    latest = []
-    for path in lab.state.path("run").glob("load-*.jsonl"):
-        pid = path.stem.split("-", 1)[1]
-        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            lines = path.read_text().splitlines()
-            if lines:
-                latest.append(json.loads(lines[-1]))
-    if not latest:
-        return None
-    out = dict(latest[0])
-    if len(latest) > 1:
-        out = {
-            "requests": 0,
-            "rate": 0.0,
-            "outcomes": {},
-            "latency": max((c["latency"] for c in latest), key=lambda x: x.get("p99_ms", 0)),
-        }
-        for c in latest:
-            out["requests"] += c["requests"]
-            out["rate"] += c["rate"]
-            for k, v in c["outcomes"].items():
-                out["outcomes"][k] = out["outcomes"].get(k, 0) + v
-    return out
 
 
 @command(
@@ -275,35 +218,33 @@ def top_cmd(
     from rich.live import Live
 
     from lab.lab import Lab
-    from lab.metrics.recorder import check_interval
+    from lab.metrics import recorder
+    from lab.metrics.session import live_clients
 
-    interval = check_interval(seconds(interval, "--interval"))
+    interval = recorder.check_interval(seconds(interval, "--interval"))
     lab = Lab.load(lab_name(name))
-    rec = _recorder(lab, interval, None, True)
-    got: queue.Queue = queue.Queue()
-    rec.on_record(lambda r: got.put(r) if r.get("type") == "interval" else None)
-    rec.start()
     shown = 0
-    try:
+    with (
+        contextlib.closing(recorder.watch(lab, interval, None, True, note="lab top")) as intervals,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
         if json_out:
-            while count == 0 or shown < count:
-                line = {**_next(got, interval), "live_clients": _live_clients(lab)}
-                sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
+            for _header, r in intervals:
+                sys.stdout.write(json.dumps({**r, "live_clients": live_clients(lab)}, separators=(",", ":")) + "\n")
                 sys.stdout.flush()
                 shown += 1
+                if count and shown >= count:
+                    break
             return
         console = _console()
         with Live(console=console, refresh_per_second=2, screen=console.is_terminal and count == 0) as live:
             live.update(f"lab top {lab.name}: first interval in {interval:g}s (Ctrl-C to quit)")
-            while count == 0 or shown < count:
-                r = _next(got, interval)
+            for header, r in intervals:
                 title = f"lab top {lab.name} ({time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C to quit)"
-                live.update(Group(title, record_view(r, rec.header, _live_clients(lab))))
+                live.update(Group(title, record_view(r, header, live_clients(lab))))
                 shown += 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        rec.stop(final_interval=False)
+                if count and shown >= count:
+                    break
 
 
 @command(

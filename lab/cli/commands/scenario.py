@@ -156,7 +156,8 @@ def run_cmd(
     epilog="Examples:\n\n  lab matrix --all --quick\n\n"
     "  lab matrix scenarios/hc-fanout.yaml --set nodes_per_az=1,2,3 --report reports/fanout\n\n"
     "  lab matrix --all --report reports/full   # real ELB timers: see README for its duration\n\n"
-    "  lab matrix --all --quick --repeat 5 --shard 2/4 --report reports/shard-2   # then: lab report merge",
+    "  lab matrix --all --quick --repeat 5 --shard 2/4 --report reports/shard-2   # then: lab report merge\n\n"
+    "  lab matrix hc-misroute --compare-scales --repeat 1 --report reports/compare   # quick vs full verdicts",
 )
 def matrix_cmd(
     files: list[str] = typer.Argument(None, help="Scenario files or built-in names (default: --all)."),
@@ -174,14 +175,40 @@ def matrix_cmd(
         help="Run only the I-th of N stable parts (one per machine; merge them with `lab report merge`).",
     ),
     backend: str = BackendOpt,
+    compare_scales: bool = typer.Option(
+        False, "--compare-scales", help="Run quick, then at full scale; diff the verdicts. Exit 1 if any differ."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run scenarios one after another and print the hypothesis x observation table. Exit 1 on a failed verdict."""
     from lab.scenarios.matrix import Shard  # imported at use for start-up speed
 
+    if compare_scales:
+        if quick or sets or shard:
+            raise InputError(
+                "--compare-scales runs the quick and the full-scale runs itself: drop --quick, --set, --shard"
+            )
+        _compare(files or [], use_all or not files, report_dir, backend, repeat, json_out)
+        return
     part = Shard.parse(shard) if shard is not None else None
     results = _run(files or [], use_all or not files, sets, report_dir, quick, None, [], backend, repeat, part)
     finish_matrix(results, json_out)
+
+
+def _compare(files: list[str], use_all: bool, report_dir: Path, backend: str, repeat: int, json_out: bool) -> None:
+    from lab.backends import get_backend  # imported at use for start-up speed
+    from lab.scenarios import compare
+
+    get_backend(backend)
+    with progress("lab matrix --compare-scales") as step:
+        rows, paths = compare.run_compare(files, use_all, report_dir, step, backend, repeat)
+    if json_out:
+        print_json(rows)
+    else:
+        console.print(compare.markdown(rows), markup=False)
+        console.print(f"comparison: {paths['compare.md']} (runs: {report_dir}/quick, {report_dir}/full)")
+    if any(not r["same"] for r in rows):
+        raise typer.Exit(1)
 
 
 def _run(files, use_all, sets, report_dir, quick, scale, overrides, backend, repeat, shard):
