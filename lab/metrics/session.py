@@ -92,7 +92,8 @@ def run_session(
     spec.validate()
     if record is not None:
         check_interval(interval)
-        check_output(record, "--record")
+        if record.is_dir():  # (its directory is made if missing, as the recorder always did)
+            raise InputError(f"--record {record}: is a directory; give a file name such as run.jsonl")
     if output is not None:
         check_output(output, flag)
     # Slices stream to files: memory keeps a minute's worth for the progress view (and an interval's for
