@@ -127,12 +127,13 @@ copy_config() {
 step "copy apt sources, pip configuration, resolv.conf, local CAs; git clone the repository" copy_config
 
 mount_all() {
+  mount --bind "$root" "$root"  # / must be a mount point, as on a machine: `ip netns exec` remounts it rslave
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys"
   mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
   mount -t tmpfs -o mode=755 tmpfs "$root/run"
 }
-step "mount /proc, /sys, /dev and a tmpfs on /run" mount_all
+step "mount the root on itself, /proc, /sys, /dev and a tmpfs on /run" mount_all
 
 step "make setup" in_root "make setup"
 step "lab doctor" in_root ".venv/bin/lab doctor"

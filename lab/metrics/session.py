@@ -20,7 +20,7 @@ from lab.lab import Lab
 from lab.load.generator import LoadResult, LoadRun, LoadSpec
 from lab.load.stats import ClientSlice
 from lab.metrics.recorder import Recorder, check_interval
-from lab.metrics.saturation import SaturationWatch, assess, slice_lags
+from lab.metrics.saturation import LAG_P99_MS, SaturationWatch, assess, slice_lags
 
 COMPACT = {"separators": (",", ":")}
 
@@ -95,7 +95,8 @@ def run_session(
     spec.validate()
     if record is not None:
         check_interval(interval)
-        check_output(record, "--record")
+        if record.is_dir():  # (its directory is made if missing, as the recorder always did)
+            raise InputError(f"--record {record}: is a directory; give a file name such as run.jsonl")
     if output is not None:
         check_output(output, flag)
     # Slices stream to files: memory keeps a minute's worth for the progress view (and an interval's for
@@ -121,7 +122,8 @@ def run_session(
     run.on_slice(on_slice)
     watch = SaturationWatch(lab)  # is the lab itself the bottleneck? (judged with the send lag at the end)
     lags: list[dict[str, Any]] = []
-    run.on_slice(lambda s: lags.extend(slice_lags([s.to_dict()])))
+    # Only the slices that lagged can flag the run: a long run keeps no per-second list.
+    run.on_slice(lambda s: lags.extend(x for x in slice_lags([s.to_dict()]) if x["p99"] >= LAG_P99_MS))
     interrupted = False
     try:
         if recorder is not None:
