@@ -345,7 +345,8 @@ def container_node(engine, lab_peer) -> Iterator[tuple[Lab, Host, Host, PrivateD
         node = Host("node-a1", "node", f"/proc/{pid}/ns/net", az="us-east-1a", ip="172.20.64.16")
         # kube-proxy's rules make a kind node's namespace track connections; one such rule does here.
         node.run(["iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])
-        lab.__dict__["hosts"] = {"node-a1": node, "elb-a1": lab_peer}
+        # The containers here are made by hand, not by kind: hand the backend its hosts (it caches them).
+        lab.backend._hosts = (lab.name, {"node-a1": node, "elb-a1": lab_peer})
         yield lab, node, lab_peer, docker
     finally:
         with contextlib.suppress(Exception):
@@ -554,7 +555,10 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
             assert (who["service"], who["node"]) == (service, "node-a1")
             assert who["client_ip"] == "172.20.64.5"  # HAProxy's own connection to the node
         # The lab's load generator, its workers inside the client container's namespace, through the ELB node.
-        lab.__dict__["hosts"] = {"apollo-1": client, "elb-a1": Host("elb-a1", "elb", f"/proc/{elb_pid}/ns/net")}
+        lab.backend._hosts = (
+            lab.name,
+            {"apollo-1": client, "elb-a1": Host("elb-a1", "elb", f"/proc/{elb_pid}/ns/net")},
+        )
         load = run_load(lab, LoadSpec(service="catalog", rate=50, duration=2, target="elb-a1")).to_dict()
         assert load["source"] == "apollo-1" and load["requests"] == load["scheduled"] == 100
         assert load["outcomes"]["ok"] == 100, load["outcomes"]
