@@ -64,3 +64,17 @@ def test_compare_scales_runs_both_scales_itself():
     assert result.output.strip() == (
         "Error: --compare-scales runs the quick and the full-scale runs itself: drop --quick, --set, --shard"
     )
+
+
+def test_compare_scales_cli_prints_the_table_and_exits_1_on_a_difference(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from lab.cli import app
+    from lab.scenarios import compare
+
+    rows = [{"scenario": "x", "same": False, "cells": {}, "differences": []}]
+    monkeypatch.setattr(compare, "run_compare", lambda *a, **k: (rows, {"compare.md": tmp_path / "compare.md"}))
+    monkeypatch.setattr(compare, "markdown", lambda rs: "| scenario |\n|---|\n| x |\n")
+    result = CliRunner().invoke(app, ["matrix", "baseline", "--compare-scales", "--report", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "| x |" in result.output and "comparison:" in result.output

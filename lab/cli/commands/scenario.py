@@ -205,8 +205,8 @@ def _compare(files: list[str], use_all: bool, report_dir: Path, backend: str, re
     if json_out:
         print_json(rows)
     else:
-        console.print(compare.markdown(rows), markup=False)
-        console.print(f"comparison: {paths['compare.md']} (runs: {report_dir}/quick, {report_dir}/full)")
+        console().print(compare.markdown(rows), markup=False)
+        console().print(f"comparison: {paths['compare.md']} (runs: {report_dir}/quick, {report_dir}/full)")
     if any(not r["same"] for r in rows):
         raise typer.Exit(1)
 
