@@ -114,7 +114,8 @@ def test_a_run_with_history_keeps_few_slices_and_readers_still_see_every_one(mak
 
 def test_outcome_classes(make_lab):
     """connect-refused (pod down), read-timeout (slow RPC), reset (the ELB gives up on a dropped instance)."""
-    lab = make_lab(time_scale=0.1)
+    # Quick runs keep the ELB's connect timeout real (5 s): a short one lets HAProxy give up within the call.
+    lab = make_lab(time_scale=0.1, overrides=["elb.connect_timeout=500ms"])
     pod = lab.topology.pods_of("accounts")[0]
     lab.backend.control_pod(lab, pod.name, "stop")
     try:
