@@ -14,7 +14,8 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.root
 LAB = [sys.executable, "-m", "lab.cli.__main__"]
 
-# Short and healthy: one fault-free load phase on the default topology, 3 s at the quick scale.
+# Short and healthy: one fault-free load phase on the default topology, 3 s at the quick scale. Per-request
+# calls, so every trial makes backend connections in the phase (pooled ones connect once, at its edge).
 SCENARIO = """\
 title: short healthy run for the repeat tests
 hypothesis: a healthy lab under light load answers every call
@@ -25,7 +26,7 @@ phases:
   - name: steady
     kind: steady
     duration: 30s
-    load: {service: accounts, rate: 20, connections: pooled, pool: 2}
+    load: {service: accounts, rate: 20, connections: per-request}  # every call a backend connection: O2 is judged
   - {name: after, kind: recovery, duration: 10s}
 expect:
   - {metric: client.ok_ratio, phase: steady, op: ">=", value: 0.99}
