@@ -79,8 +79,10 @@ def test_a_busy_machine_alone_does_not_flag_a_light_load(make_lab, tmp_path):
 
 
 def test_a_rate_beyond_the_machine_is_flagged(make_lab):
+    # 3,000 new connections/s still passes on this 2-core machine when it is quiet (100% ok, p99 27 ms);
+    # 8,000/s is far past it (23% ok, the pods drop at their accept queues, the generator falls behind).
     lab = make_lab()
-    data = lab_load(lab.name, "--rate", "3000", "--duration", "10s", "-c", "per-request")
+    data = lab_load(lab.name, "--rate", "8000", "--duration", "5s", "-c", "per-request")
     assert data["lab_limited"] is True
     reasons = " ".join(data["limited_reasons"])
     assert "the load generator sent requests up to" in reasons or "machine CPU" in reasons, reasons
