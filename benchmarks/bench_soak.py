@@ -107,12 +107,6 @@ def slope_per_hour(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx * 60 if sxx else 0.0
 
 
-def json_args(out: Path) -> list[str]:
-    """The CLI's form of "write the JSON result to a file" (--json FILE, or --json --output FILE)."""
-    helptext = subprocess.run([*LAB, "load", "--help"], capture_output=True, text=True, check=True).stdout
-    return ["--json", "--output", str(out)] if "--output" in helptext else ["--json", str(out)]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -136,7 +130,7 @@ def main() -> int:
     cmd = [
         *LAB,
         *("load", "accounts", "-n", lab.name, "-r", f"{args.rate:g}", "-d", f"{args.minutes:g}m"),
-        *("-c", "per-request", *json_args(result)),
+        *("-c", "per-request", "--json", "--output", str(result)),
     ]
     print("$ lab " + " ".join(cmd[3:]), flush=True)
     rows: list[tuple[float, dict[str, float]]] = [(0.0, sample(lab, None))]
