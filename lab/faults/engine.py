@@ -272,6 +272,20 @@ def status(lab: Lab, active_only: bool = False) -> list[dict[str, Any]]:
     return [view(r, lab) for r in records if r.active or not active_only]
 
 
+def conntrack_reserved(lab: Lab) -> dict[str, int]:
+    """Per node, the filler entries of active conntrack-exhaustion faults in mode=ceiling: slots the emulated
+    (smaller) table does not have. Metrics take them out of count and max, so a node's fill is its traffic's
+    share of the table it emulates. Reads the store without its lock: a sampler must not wait on an apply."""
+    reserved: dict[str, int] = {}
+    for rec in FaultStore(lab.state).load():
+        if not rec.active:
+            continue
+        for step in rec.steps:
+            if step.op == "conntrack-fill" and step.done and step.args.get("ceiling") is not None:
+                reserved[step.host] = reserved.get(step.host, 0) + int(step.result.get("inserted", 0))
+    return reserved
+
+
 def _expire_due(lab: Lab, store: FaultStore) -> None:
     """Housekeeping under the lock: undo applies that were interrupted, revert faults whose time is up."""
     records = store.load()

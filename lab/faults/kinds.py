@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from lab.errors import EnvironmentProblem, InputError
+from lab.faults import reaper
 from lab.faults.model import Flag, Fraction, FractionIn, Names, Params, RateIn, Step
 from lab.faults.ops import netem_available
 from lab.models.common import DurationIn, Int, Text
@@ -347,7 +348,17 @@ def plan_exhaustion(lab: Lab, fid: int, target: str, p: ExhaustionParams) -> Pla
     if p.mode == "ceiling":
         # A smaller table: real entries may use `ceiling` slots, coming and going as on a real node.
         args["ceiling"] = p.max or lab.topology.conntrack_max
-        return Plan([Step("conntrack-fill", target, args)])
+        steps = [Step("conntrack-fill", target, args)]
+        if lab.time_scale < 1:
+            # The kernel frees expired entries on its own clock (<= 60 s), which a quick run cannot scale: a
+            # reaper walks the table at the run's pace, so the table empties when its timers say it does.
+            marker = ["lab.faults.reaper", "--fault", str(fid)]
+            period = f"{reaper.KERNEL_GC_MAX_INTERVAL_S * lab.time_scale:g}"
+            argv = ["@python", "-m", *marker, "--period", period]
+            steps.append(
+                Step("helper", target, {"argv": argv, "marker": marker, "log": f"fault-{fid}-{target}.reaper.log"})
+            )
+        return Plan(steps)
     args["free"] = p.free
     # A full table stays full: a keeper tops the fillers up whenever one of the node's own entries expires.
     marker = ["lab.faults.keeper", "--fault", str(fid)]

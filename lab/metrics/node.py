@@ -20,16 +20,17 @@ class NodeSample:
     conntrack_stats: dict[str, int]
     tcp: dict[str, int]
     chains: dict[str, int] = field(default_factory=dict)  # "table/chain" -> packets (cumulative)
+    reserved: int = 0  # filler entries emulating a smaller table (conntrack-exhaustion mode=ceiling)
 
 
-def sample_node(host: Host, t: float) -> NodeSample:
+def sample_node(host: Host, t: float, reserved: int = 0) -> NodeSample:
     fill = toolbox.conntrack_fill(host)
     stats = toolbox.conntrack_stats(host)
     tcp = toolbox.nstat(host, NODE_TCP)
     chains = {
         f"{table}/{chain}": n for (table, chain), n in toolbox.chain_packets(toolbox.iptables_counters(host)).items()
     }
-    return NodeSample(t, fill["count"], fill["max"], stats, tcp, chains)
+    return NodeSample(t, fill["count"], fill["max"], stats, tcp, chains, reserved)
 
 
 def node_interval(prev: NodeSample | None, cur: NodeSample) -> dict[str, Any]:
@@ -40,12 +41,15 @@ def node_interval(prev: NodeSample | None, cur: NodeSample) -> dict[str, Any]:
         return {k: now.get(k, 0) - before.get(k, 0) for k in keys}
 
     chain_delta = {k: v - (prev.chains.get(k, 0) if prev else 0) for k, v in cur.chains.items()}
+    # A table emulated smaller by filler entries: count and max are the traffic's, so an empty emulated
+    # table reads 0, not 261,994 / 262,144 = 0.9994 (which printed as a full one).
+    count = max(0, cur.conntrack_count - cur.reserved)
+    size = max(0, cur.conntrack_max - cur.reserved)
+    conntrack = {"count": count, "max": size, "fill": round(min(1.0, count / size), 6) if size else 0.0}
+    if cur.reserved:
+        conntrack["reserved"] = cur.reserved
     return {
-        "conntrack": {
-            "count": cur.conntrack_count,
-            "max": cur.conntrack_max,
-            "fill": round(cur.conntrack_count / cur.conntrack_max, 6) if cur.conntrack_max else 0.0,
-        },
+        "conntrack": conntrack,
         "conntrack_stats": delta(cur.conntrack_stats, prev.conntrack_stats if prev else None, NODE_CONNTRACK_STATS),
         "tcp": delta(cur.tcp, prev.tcp if prev else None, NODE_TCP),
         "kube_chains": {k: v for k, v in sorted(chain_delta.items()) if v},

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from lab import faults
 from lab.errors import InputError
 from lab.hosts import NamespaceGone
 from lab.lab import Lab
@@ -192,7 +193,8 @@ class Recorder:
     def _take(self) -> tuple[float, dict[str, ElbNodeSample], dict[str, NodeSample]]:
         t = time.time()
         elb_f = {name: self._pool.submit(self.elb.sample, name, t) for name in self.elb.elbs}
-        node_f = {h.name: self._pool.submit(sample_node, h, t) for h in self.node_hosts}
+        reserved = faults.conntrack_reserved(self.lab) if self.node_hosts else {}
+        node_f = {h.name: self._pool.submit(sample_node, h, t, reserved.get(h.name, 0)) for h in self.node_hosts}
         return t, {n: f.result() for n, f in elb_f.items()}, {n: f.result() for n, f in node_f.items()}
 
     def _baseline(self) -> None:

@@ -35,6 +35,10 @@ TIMEOUT_RATIO = 0.001
 # ELB seconds, over at least one ELB minute.
 O3_SETTLE_S = 300.0
 O3_FLOOR_S = 60.0
+# A floor recurs: errors in at least half of the window's stretches of one health-check interval (10 s, the
+# seed's; every check that fails fails again the next interval), not one or two isolated failed connects.
+O3_STRETCH_S = 10.0
+O3_RECUR_SHARE = 0.5
 
 
 def measure(ref: MetricRef, run: dict[str, Any], scale: float) -> float | None:
@@ -196,15 +200,48 @@ def _o3(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:
                 f"({O3_SETTLE_S:.0f} s) and judge a floor ({O3_FLOOR_S:.0f} s more)"
             )
             continue
-        verdicts.append(floor > 0 and floor >= 0.5 * early and requests == 0)
+        hit, stretches = _recurrence(run, settled, after["t_end"], scale)
+        recurs = stretches > 0 and hit >= O3_RECUR_SHARE * stretches
+        verdicts.append(floor > 0 and floor >= 0.5 * early and requests == 0 and recurs)
         values.update({f"{prefix}floor_per_min": floor, f"{prefix}early_per_min": early, f"{prefix}requests": requests})
         trend = "" if floor >= 0.5 * early else f", down from {early:.0f}/min"
+        if floor > 0 and not recurs:
+            trend += f", in {hit} of {stretches} {O3_STRETCH_S:.0f}-second stretches only: isolated errors, not a floor"
         where = f"during {after['name']} after {O3_SETTLE_S:.0f} s"
-        figures.append(f"{floor:.0f}/min {where}{trend} with {requests:.0f} client requests")
+        held = _tables_held(after.get("conntrack") or {}) if floor > 0 else ""
+        figures.append(f"{floor:.0f}/min {where}{trend} with {requests:.0f} client requests{held}")
     if not verdicts:
         return {"reproduced": None, "figure": "no idle or recovery phase after load"}
     reproduced = False if False in verdicts else (None if None in verdicts else True)
     return {"reproduced": reproduced, "figure": "; ".join(figures), "values": values}
+
+
+def _recurrence(run: dict[str, Any], t_start: float, t_end: float, scale: float) -> tuple[int, int]:
+    """(stretches with BackendConnectionErrors, stretches) of O3_STRETCH_S ELB seconds in [t_start, t_end);
+    an interval counts in the stretch holding its midpoint."""
+    metric = CATALOG["elb.BackendConnectionErrors"]
+    width = O3_STRETCH_S * scale
+    stretches = max(1, int((t_end - t_start) / width + 1e-9))
+    hit = set()
+    for r in run["intervals"]:
+        mid = (r["t_start"] + r["t_end"]) / 2
+        if t_start <= mid < t_end and (metric.extract(r) or 0) > 0:
+            hit.add(min(stretches - 1, int((mid - t_start) / width)))
+    return len(hit), stretches
+
+
+def _tables_held(census: dict[str, Any]) -> str:
+    """What the nodes' tables held at the phase's end, for a floor that outlived its traffic: the evidence
+    that tells a hypothesis's own floor from entries the load left behind."""
+    parts = []
+    for node, c in census.items():
+        if not c.get("entries"):
+            continue
+        states = ", ".join(f"{state} {n}" for state, n in list(c["by_state"].items())[:3])
+        parts.append(
+            f"{node} {c['entries']} ({c['assured']} ASSURED; {states}; longest {c['longest_s']} s {c['longest_state']})"
+        )
+    return f"; node tables at its end: {'; '.join(parts)}" if parts else "; node tables empty at its end"
 
 
 def _o4(runs: list[dict[str, Any]], scale: float) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import faults, lifecycle
+from lab import faults, lifecycle, toolbox
 from lab.backends.base import Progress
 from lab.errors import LabError
 from lab.lab import Lab
@@ -237,8 +237,25 @@ def _play_phase(lab: Lab, phase: Phase, scale: float, recorder: Recorder) -> dic
             with contextlib.suppress(Exception):
                 faults.revert(lab, [fid], reason="phase end")
     result["t_end"] = time.time()
-    recorder.event("phase end", phase=phase.name)
+    result["conntrack"] = _conntrack_census(lab)
+    recorder.event("phase end", phase=phase.name, conntrack=result["conntrack"])
     return result
+
+
+CENSUS_MAX_NODES = 24  # ~0.06 s a node: a scenario's lab is small; a 500-node one would wait half a minute
+
+
+def _conntrack_census(lab: Lab) -> dict[str, Any]:
+    """What holds each node's conntrack table at a phase's end (the traffic's entries by state, ASSURED ones,
+    the longest left): a verdict about errors that outlive their traffic (O3) can then say what kept them."""
+    nodes = [n.name for n in lab.topology.k8s_nodes][:CENSUS_MAX_NODES]
+    out: dict[str, Any] = {}
+    for node in nodes:
+        try:
+            out[node] = toolbox.conntrack_census(lab.host(node))
+        except LabError as e:  # evidence, not a verdict: a node that cannot say does not stop the run
+            out[node] = {"error": str(e)}
+    return out
 
 
 def _sleep_until(t: float) -> None:

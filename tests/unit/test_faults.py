@@ -228,6 +228,12 @@ def test_conntrack_kinds(lab):
     kind = get_kind("conntrack-exhaustion")
     ceiling = kind.plan(lab, 7, "node-c1", parse_params(kind.name, kind.params, ["mode=ceiling"]))
     assert ceiling.steps[0].args["ceiling"] == lab.topology.conntrack_max == 131072
+    assert len(ceiling.steps) == 1  # at full scale the kernel's own collector frees expired entries
+    quick = Lab(name="unit", topology=lab.topology, time_scale=0.1)
+    ceiling = kind.plan(quick, 7, "node-c1", parse_params(kind.name, kind.params, ["mode=ceiling", "max=150"]))
+    assert [OPS[s.op].describe(s) for s in ceiling.steps][1] == (
+        "node-c1: run python -m lab.faults.reaper --fault 7 --period 6"  # its 60 s, scaled with the run
+    )
     inv = plan(lab, "conntrack-invalid", "accounts-1", ["rate=5%"])
     assert inv.steps[0].args["argv"][:5] == ["@nfqdelay", "--queue", "7", "--mangle-seq", "0.050000"]
     assert inv.steps[1].args["tables"]["mangle"]["rules"] == [

@@ -176,6 +176,19 @@ def test_node_interval_gauges_and_deltas():
     assert d["kube_chains"] == {"nat/KUBE-SEP-Y": 2}
 
 
+def test_a_table_emulated_smaller_by_fillers_reads_as_the_traffics_share_of_it():
+    # conntrack-exhaustion mode=ceiling: 261,994 fillers leave a table of 150 for traffic.
+    empty = node.NodeSample(0, 261_998, 262_144, {}, {}, reserved=261_994)
+    assert node.node_interval(None, empty)["conntrack"] == {
+        "count": 4,
+        "max": 150,
+        "fill": 0.026667,
+        "reserved": 261_994,
+    }
+    full = node.NodeSample(1, 262_144, 262_144, {}, {}, reserved=261_994)
+    assert node.node_interval(empty, full)["conntrack"]["fill"] == 1.0
+
+
 def header(interval=10.0):
     return {
         "type": "run",

@@ -245,6 +245,30 @@ def test_o3_judges_what_remains_after_the_loads_conntrack_entries_expire():
     assert observations([run("x", 3, 2)], 0.1, [])["O3"]["reproduced"] is True
 
 
+def test_o3_needs_errors_that_recur_not_one_or_two_failed_connects():
+    # Recovery 20-60 s at x0.1 is judged from 50 s: 10 stretches of 10 ELB seconds (1 s each).
+    blip = run("x", 3, 0)
+    blip["intervals"] = [interval(t, 2 if t in (52, 57) else 0) for t in range(60)]
+    o3 = observations([blip], 0.1, [])["O3"]
+    assert o3["reproduced"] is False and "in 2 of 10 10-second stretches only" in o3["figure"]
+    steady = run("x", 3, 0)
+    steady["intervals"] = [interval(t, 2 if t % 2 else 0) for t in range(60)]  # every other stretch: a floor
+    assert observations([steady], 0.1, [])["O3"]["reproduced"] is True
+
+
+def test_o3_names_what_held_the_node_tables_when_a_floor_stays():
+    held = run("x", 3, 2)
+    held["phases"][-1]["conntrack"] = {
+        "node-a1": {"entries": 150, "assured": 150, "by_state": {"TIME_WAIT": 150}, "longest_s": 11,
+                    "longest_state": "TIME_WAIT"},
+        "node-b1": {"entries": 0, "assured": 0, "by_state": {}, "longest_s": 0, "longest_state": ""},
+    }  # fmt: skip
+    figure = observations([held], 0.1, [])["O3"]["figure"]
+    assert "node-a1 150 (150 ASSURED; TIME_WAIT 150; longest 11 s TIME_WAIT)" in figure and "node-b1" not in figure
+    held["phases"][-1]["conntrack"] = {"node-a1": {"entries": 0}}
+    assert "node tables empty at its end" in observations([held], 0.1, [])["O3"]["figure"]
+
+
 def test_o3_says_when_the_phase_is_too_short_to_judge():
     short = observations([run("x", 3, 2, after=20)], 0.1, [])["O3"]  # 200 ELB s < 300 s + 60 s
     assert short["reproduced"] is None and "too short" in short["figure"]

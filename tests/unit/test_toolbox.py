@@ -175,3 +175,24 @@ def test_iptables_counters_kube_chains():
     assert per_chain[("nat", "KUBE-SEP-L5JQWTQHXLVHC2NM")] == 31
     everything = toolbox.parse_iptables_counters(IPTABLES_SAVE_NAT, prefix="")
     assert {r.chain for r in everything} >= {"PREROUTING", "OUTPUT"}
+
+
+CONNTRACK_LIST = """\
+tcp      6 8 CLOSE src=172.20.128.16 dst=100.96.1.2 sport=47164 dport=9090 src=100.96.1.2 dst=172.20.128.16 sport=9090 dport=47164 mark=0 use=1
+tcp      6 8639 ESTABLISHED src=172.20.64.5 dst=172.20.64.16 sport=44210 dport=31001 src=100.96.2.2 dst=172.20.64.16 sport=9090 dport=44210 [ASSURED] mark=0 use=1
+tcp      6 11 TIME_WAIT src=172.20.64.5 dst=172.20.64.16 sport=44212 dport=31001 src=100.96.2.2 dst=172.20.64.16 sport=9090 dport=44212 [ASSURED] mark=0 use=1
+tcp      6 12 SYN_SENT src=172.20.64.5 dst=172.20.64.16 sport=44214 dport=31001 [UNREPLIED] src=100.96.2.2 dst=172.20.64.16 sport=9090 dport=44214 mark=0 use=1
+tcp      6 10 TIME_WAIT src=172.20.64.5 dst=172.20.64.16 sport=44216 dport=31001 src=100.96.2.2 dst=172.20.64.16 sport=9090 dport=44216 [ASSURED] mark=0 use=1
+"""
+
+
+def test_conntrack_census_counts_states_assured_and_the_longest_left():
+    census = toolbox.parse_conntrack_census(CONNTRACK_LIST + "conntrack v1.4.7 (conntrack-tools): 5 flow entries\n")
+    assert census == {
+        "entries": 5,
+        "assured": 3,
+        "by_state": {"TIME_WAIT": 2, "CLOSE": 1, "ESTABLISHED": 1, "SYN_SENT": 1},
+        "longest_s": 8639,
+        "longest_state": "ESTABLISHED",
+    }
+    assert toolbox.parse_conntrack_census("")["entries"] == 0
