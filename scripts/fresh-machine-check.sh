@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Does a fresh clone pass on a fresh machine? Builds a clean Debian root (debootstrap, minbase: what a new
 # server or a debian:<release> CI image has, plus `make`), puts a `git clone` of this repository in it and runs
-# the README's steps there in a chroot: `make setup`, then `lab doctor` (and with --unit the unit tests,
-# with --test `make test`, with --demo `make demo`, with --then any command in the clone). Prints each step's
-# time; exit 1 when a step fails.
+# the README's steps with that root as / (pivot_root, not chroot): `make setup`, then `lab doctor` (and with --unit
+# the unit tests, with --test `make test`, with --demo `make demo`, with --then any command in the clone). Prints
+# each step's time; exit 1 when a step fails.
 #
 # Needs root and debootstrap (`apt-get install debootstrap`: only for this check, not a project dependency).
 # The clone is of the committed HEAD (uncommitted changes are not in it). The host's apt sources and pip
@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ "$(id -u)" -eq 0 ] || { echo "Error: needs root (debootstrap, chroot, mounts); run with sudo" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "Error: needs root (debootstrap, mounts, pivot_root); run with sudo" >&2; exit 1; }
 command -v debootstrap >/dev/null || {
   echo "Error: debootstrap is missing; apt-get install debootstrap (only this check needs it)" >&2
   exit 1
@@ -56,7 +56,7 @@ cleanup() {
   set +e
   # Processes started inside (a lab's HAProxy, a test's dockerd) would keep files and mounts busy.
   for link in /proc/[0-9]*/root; do
-    [ "$(readlink "$link" 2>/dev/null)" = "$root" ] || continue
+    [ "$link" -ef "$root" ] || continue  # (readlink says / for a step's processes: their namespace's root)
     pid="${link#/proc/}" && pid="${pid%/root}"
     kill -9 "$pid" 2>/dev/null
   done
@@ -93,7 +93,12 @@ step() {  # step TITLE COMMAND...: run, print its time, stop the check if it fai
 in_root() {  # the README's steps, as root in the fresh clone, with a clean environment (plus PIP_* settings)
   local pip_env=()
   while IFS= read -r var; do pip_env+=("$var"); done < <(env | grep '^PIP_' || true)
-  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+  # Not a chroot: each step gets a mount namespace whose root is the fresh root (pivot_root; this machine's root,
+  # moved to /mnt, detached), as / is on a machine. A container's root is pivot_root'ed where the engine's root
+  # is mounted, and setns(2) into its mount namespace (`docker exec`) starts at the namespace's root: in a chroot
+  # the two differ, and `docker exec` ran its command in this machine's root filesystem, not the container's.
+  unshare --mount -- sh -c 'cd "$0" && pivot_root . mnt && umount -l /mnt && exec "$@"' "$root" \
+    /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${pip_env[@]}" \
     bash -c "cd /root/k8s-elb-lab && $1"
 }
@@ -112,7 +117,7 @@ copy_config() {
   done
   for d in /etc/apt/keyrings /etc/apt/trusted.gpg.d; do [ -d "$d" ] && cp -a "$d/." "$root$d/"; done
   for f in /etc/pip.conf /etc/xdg/pip/*; do [ -f "$f" ] && install -D -m 644 "$f" "$root$f"; done
-  for f in .config/pip/pip.conf .pip/pip.conf; do  # the invoking user's, as root's in the chroot
+  for f in .config/pip/pip.conf .pip/pip.conf; do  # the invoking user's, as root's in the fresh root
     [ -f "$HOME/$f" ] && install -D -m 644 "$HOME/$f" "$root/root/$f"
   done
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
@@ -127,7 +132,7 @@ copy_config() {
 step "copy apt sources, pip configuration, resolv.conf, local CAs; git clone the repository" copy_config
 
 mount_all() {
-  mount --bind "$root" "$root"  # / must be a mount point, as on a machine: `ip netns exec` remounts it rslave
+  mount --bind "$root" "$root"  # / must be a mount point, as on a machine: pivot_root; `ip netns exec` remounts it
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys"
   mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
