@@ -128,7 +128,8 @@ class IdleParams(Params):
 
 
 class SnatRangeParams(Params):
-    ports: Int(1, 64512, text=True) = Field(64, description="how many source ports the node's masquerade may use")
+    # Two: fewer than the connections a node has alive at once at the lab's rates (docs/faults.md).
+    ports: Int(1, 64512, text=True) = Field(2, description="how many source ports the node's masquerade may use")
     first: Int(1024, 65535, text=True) = Field(40000, description="the first of them")
 
     @model_validator(mode="after")
@@ -552,7 +553,7 @@ KINDS: dict[str, FaultKind] = {
              "lab fault apply conntrack-invalid --target accounts rate=1%"),
         FaultKind("snat-port-range", "kube-proxy's masquerade narrowed to a few source ports: NAT clashes drop SYNs",
              SnatRangeParams, "node (default: all)", _node_or_all, plan_snat_range,
-             "lab fault apply snat-port-range ports=64 first=40000"),
+             "lab fault apply snat-port-range --target node-a1 ports=2"),
         FaultKind("stale-endpoints", "a pod dies; kube-proxy rules keep sending to it", StaleParams, "pod",
              _pod_target, plan_stale, "lab fault apply stale-endpoints --target accounts-0 fresh=node-b1"),
         FaultKind("syn-backlog", "a pod's listen backlog so small that SYNs overflow under bursts", BacklogParams,
