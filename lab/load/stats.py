@@ -71,6 +71,12 @@ def band_label(low: float, high: float | None) -> str:
     return f">= {low:g} s" if high is None else f"[{low:g} s, {high:g} s)"
 
 
+def slow_calls(counts: dict[str, int]) -> int:
+    """Values past the first band (1 s and more): what makes a histogram of bands worth showing."""
+    first = band_label(*DELAY_BANDS[0])
+    return sum(n for band, n in counts.items() if band != first)
+
+
 def bands(h: HdrHistogram) -> dict[str, int]:
     """How many values fall in each of DELAY_BANDS (by each HDR bucket's lowest value)."""
     import numpy as np  # here, not at the top: load workers import this module and must start fast

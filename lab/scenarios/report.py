@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from lab.load.stats import slow_calls
 from lab.models.scenario import OBSERVATIONS
 from lab.scenarios.aggregate import format_spread, status_note
 
@@ -172,7 +173,7 @@ def details(s: dict[str, Any]) -> list[tuple[int, str]]:
         for run in t.get("runs", []):
             for phase in run.get("phases", []):
                 counts = (phase.get("load") or {}).get("latency_bands")
-                if counts and any(n for band, n in counts.items() if not band.startswith("[0 s")):
+                if counts and slow_calls(counts):
                     where = f"{run.get('variant', '')} {phase['name']}, repeat {t['repeat']}".strip()
                     text = ", ".join(f"{band} {n}" for band, n in counts.items())
                     out.append((0, f"latency histogram ({where}): {text}"))

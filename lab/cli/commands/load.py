@@ -67,7 +67,7 @@ def result_table(d: dict[str, Any]) -> Table:
 
 
 def _latency_bands(d: dict[str, Any]) -> dict[str, int] | None:
-    from lab.load.stats import bands, decode_into, new_histogram  # imported at use for start-up speed
+    from lab.load.stats import bands, decode_into, new_histogram, slow_calls  # imported at use for start-up speed
 
     encoded = d.get("hdr", {}).get("latency")
     if not encoded:
@@ -75,7 +75,7 @@ def _latency_bands(d: dict[str, Any]) -> dict[str, int] | None:
     h = new_histogram()
     decode_into(h, encoded)
     counts = bands(h)
-    return counts if any(n for band, n in counts.items() if not band.startswith("[0 s")) else None
+    return counts if slow_calls(counts) else None
 
 
 def print_result(d: dict[str, Any]) -> None:
