@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lab import faults
+from lab.errors import LabError
 from lab.load import LoadSpec, run_load
 from lab.load.stats import decode_into, new_histogram
 from lab.scenarios.metrics import latency_bands
@@ -38,7 +39,10 @@ def test_a_narrowed_masquerade_range_drops_syns_at_confirmation(make_lab, flavou
     assert _clashes(lab) == start, "no clash with kube-proxy's own (unrestricted) masquerade"
     assert latency_bands(quiet)["[1 s, 1.5 s)"] == 0
 
-    faults.apply(lab, "snat-port-range", None, ["ports=2"])
+    fid = faults.apply(lab, "snat-port-range", None, ["ports=2"])["fault"]["id"]
+    # A second range on a node already narrowed would silently win or lose (chains are first match): refused.
+    with pytest.raises(LabError, match=rf"^masquerade of node-a1 is already changed by fault {fid}; revert it first$"):
+        faults.apply(lab, "snat-port-range", "node-a1", ["ports=4"])
     narrowed = _load(lab)
     insert_failed, drop = _clashes(lab)
     # This kernel picks a random port in the range with or without --random-fully: both flavours clash.
