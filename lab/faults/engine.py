@@ -63,6 +63,8 @@ def _resource(step: Step) -> str | None:
         return f"ELB node {step.args['elb']}"
     if step.op == "conntrack-fill":
         return f"conntrack table of {step.host}"
+    if step.op == "iptables" and "nat" in step.args["tables"]:
+        return f"masquerade of {step.host}"  # two ranges: the chain inserted last would win
     return None
 
 

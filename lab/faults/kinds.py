@@ -19,6 +19,7 @@ from lab.faults import reaper
 from lab.faults.model import Flag, Fraction, FractionIn, Names, Params, RateIn, Step
 from lab.faults.ops import netem_available
 from lab.models.common import DurationIn, Int, Text
+from lab.render.kubeproxy import MASQ_MARK
 from lab.render.plan import CLUSTER_ROUTER
 
 if TYPE_CHECKING:
@@ -125,6 +126,18 @@ class BacklogParams(Params):
 class IdleParams(Params):
     # Shorter than the topology's idle timeout may be (AWS: 1 s at least): a quick run scales it down.
     timeout: DurationIn(0.1, 3600) = Field(5.0, description="the ELB idle timeout (both sides), e.g. 5s")
+
+
+class SnatRangeParams(Params):
+    # Two: fewer than the connections a node has alive at once at the lab's rates (docs/faults.md).
+    ports: Int(1, 64512, text=True) = Field(2, description="how many source ports the node's masquerade may use")
+    first: Int(1024, 65535, text=True) = Field(40000, description="the first of them")
+
+    @model_validator(mode="after")
+    def _fits(self) -> SnatRangeParams:
+        if self.first + self.ports - 1 > 65535:
+            raise ValueError(f"first + ports - 1 must be at most 65535 (got {self.first + self.ports - 1})")
+        return self
 
 
 class InvalidParams(Params):
@@ -371,6 +384,10 @@ def _node_target(lab: Lab, name: str | None, _p: Any) -> str:
     return _one_of("node", name, _nodes(lab))
 
 
+def _node_or_all(lab: Lab, name: str | None, _p: Any) -> str:
+    return _one_of("node", name, _nodes(lab), default="all")
+
+
 def _exhaustion_target(lab: Lab, name: str | None, p: ExhaustionParams) -> str:
     node = _node_target(lab, name, p)
     if p.mode == "ceiling":
@@ -398,6 +415,20 @@ def plan_invalid(lab: Lab, fid: int, target: str, p: InvalidParams) -> Plan:
         steps.append(Step("iptables", pod, {"chain": chain(fid), "tables": {
             "mangle": {"hooks": [["POSTROUTING", "-o eth0"]], "rules": [rule]}}}))  # fmt: skip
     return Plan(steps, engine="nfqueue")
+
+
+def plan_snat_range(lab: Lab, fid: int, target: str, p: SnatRangeParams) -> Plan:
+    last = p.first + p.ports - 1
+    # kube-proxy's own masquerade, with the flavour's --random-fully, restricted to a port range. It comes
+    # first in nat POSTROUTING, so the same packets never reach KUBE-POSTROUTING's unrestricted rule.
+    rule = f"-p tcp -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j MASQUERADE --to-ports {p.first}-{last}"
+    if lab.topology.kube_proxy.random_fully:
+        rule += " --random-fully"
+    nodes = _nodes(lab) if target == "all" else [target]
+    steps = [Step("iptables", node, {"chain": chain(fid), "tables": {
+        "nat": {"hooks": [["POSTROUTING", ""]], "rules": [rule]}}}) for node in nodes]  # fmt: skip
+    how = "random (--random-fully)" if lab.topology.kube_proxy.random_fully else "the kernel's own search"
+    return Plan(steps, notes=[f"masquerade source ports {p.first}-{last} ({p.ports}), picked by {how}"])
 
 
 # --- Kubernetes and ELB ------------------------------------------------------------------------------------------
@@ -531,6 +562,9 @@ KINDS: dict[str, FaultKind] = {
         FaultKind("conntrack-invalid", "a pod's segments arrive out of window: INVALID in conntrack, not un-NATed, RST",
              InvalidParams, "pod or service", _pods_or_service, plan_invalid,
              "lab fault apply conntrack-invalid --target accounts rate=1%"),
+        FaultKind("snat-port-range", "kube-proxy's masquerade narrowed to a few source ports: NAT clashes drop SYNs",
+             SnatRangeParams, "node (default: all)", _node_or_all, plan_snat_range,
+             "lab fault apply snat-port-range --target node-a1 ports=2"),
         FaultKind("stale-endpoints", "a pod dies; kube-proxy rules keep sending to it", StaleParams, "pod",
              _pod_target, plan_stale, "lab fault apply stale-endpoints --target accounts-0 fresh=node-b1"),
         FaultKind("syn-backlog", "a pod's listen backlog so small that SYNs overflow under bursts", BacklogParams,

@@ -63,6 +63,38 @@ def summary(h: HdrHistogram) -> dict[str, Any]:
     return out
 
 
+# A dropped SYN is resent after 1 s, then 2 s after that: such calls land just above 1 s or 3 s.
+DELAY_BANDS = ((0.0, 1.0), (1.0, 1.5), (1.5, 3.0), (3.0, 3.5), (3.5, None))
+
+
+def band_label(low: float, high: float | None) -> str:
+    return f">= {low:g} s" if high is None else f"[{low:g} s, {high:g} s)"
+
+
+def slow_calls(counts: dict[str, int]) -> int:
+    """Values past the first band (1 s and more): what makes a histogram of bands worth showing."""
+    first = band_label(*DELAY_BANDS[0])
+    return sum(n for band, n in counts.items() if band != first)
+
+
+def bands(h: HdrHistogram) -> dict[str, int]:
+    """How many values fall in each of DELAY_BANDS (by each HDR bucket's lowest value)."""
+    import numpy as np  # here, not at the top: load workers import this module and must start fast
+
+    counts = np.ctypeslib.as_array(h.counts)
+    index = np.flatnonzero(counts)
+    out = {band_label(lo, hi): 0 for lo, hi in DELAY_BANDS}
+    if not len(index):
+        return out
+    values = [h.get_value_from_index(int(i)) / 1e6 for i in index]
+    for value, n in zip(values, counts[index].tolist(), strict=True):
+        for lo, hi in DELAY_BANDS:
+            if value >= lo and (hi is None or value < hi):
+                out[band_label(lo, hi)] += n
+                break
+    return out
+
+
 def encode(h: HdrHistogram) -> str:
     return h.encode().decode() if h.get_total_count() else ""
 

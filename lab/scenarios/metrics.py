@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.load.outcomes import OUTCOMES
+from lab.load.stats import band_label, bands, decode_into, new_histogram
 from lab.metrics.node import NODE_CONNTRACK_STATS, NODE_TCP
 
 Interval = dict[str, Any]
@@ -24,6 +25,8 @@ Extract = Callable[[Interval], float | None]
 ELB_COUNTERS = ("RequestCount", "BackendConnectionErrors", "SpilloverCount")
 ELB_GAUGES = ("HealthyHostCount", "UnHealthyHostCount", "Latency", "SurgeQueueLength")
 PERCENTILES = ("p50", "p90", "p99", "max")
+# Shares of a phase's calls whose latency sits where one or two SYN retransmits put it.
+DELAY_SHARES = {"client.latency_1s_share": (1.0, 1.5), "client.latency_3s_share": (3.0, 3.5)}
 
 
 def _elb(name: str) -> Extract:
@@ -110,6 +113,9 @@ def _catalog() -> dict[str, Metric]:
     for hist in ("latency", "connect"):
         for p in PERCENTILES:
             add(Metric(f"client.{hist}_{p}_ms", "phase", f"client {hist} {p} over the phase (ms, HDR)"))
+    for name, (low, high) in DELAY_SHARES.items():
+        what = f"share of the phase's calls with latency in [{low:g} s, {high:g} s) (SYN retransmits)"
+        add(Metric(name, "phase", what))
     return out
 
 
@@ -136,10 +142,25 @@ def phase_value(load: dict[str, Any] | None, name: str) -> float | None:
         return (outcomes.get("connect-timeout", 0) + outcomes.get("read-timeout", 0)) / requests
     if name == "client.achieved_rate":
         return load.get("achieved_rate")
+    if name in DELAY_SHARES:
+        counts = latency_bands(load)
+        return counts[band_label(*DELAY_SHARES[name])] / requests if counts is not None else None
     hist, p = name[len("client.") : -len("_ms")].split("_")
     summary = load.get("histograms_ms", {}).get(hist, {})
     key = "max_ms" if p == "max" else f"{p}_ms"
     return summary.get(key)
+
+
+def latency_bands(load: dict[str, Any] | None) -> dict[str, int] | None:
+    """The phase's call latencies counted in the SYN-retransmit bands (lab.load.stats.DELAY_BANDS)."""
+    if (load or {}).get("latency_bands") is not None:
+        return load["latency_bands"]  # type: ignore[index]
+    encoded = (load or {}).get("hdr", {}).get("latency")
+    if not encoded:
+        return None
+    h = new_histogram()
+    decode_into(h, encoded)
+    return bands(h)
 
 
 def statistic(

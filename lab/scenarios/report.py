@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from lab.load.stats import slow_calls
 from lab.models.scenario import OBSERVATIONS
 from lab.scenarios.aggregate import format_spread, status_note
 
@@ -169,6 +170,13 @@ def details(s: dict[str, Any]) -> list[tuple[int, str]]:
             if len(obs.get("figures", [])) > 1:
                 out += [(1, f"repeat {f['repeat']}: {f['figure']}") for f in obs["figures"]]
     for t in s.get("trials", []):
+        for run in t.get("runs", []):
+            for phase in run.get("phases", []):
+                counts = (phase.get("load") or {}).get("latency_bands")
+                if counts and slow_calls(counts):
+                    where = f"{run.get('variant', '')} {phase['name']}, repeat {t['repeat']}".strip()
+                    text = ", ".join(f"{band} {n}" for band, n in counts.items())
+                    out.append((0, f"latency histogram ({where}): {text}"))
         if t.get("lab_limited"):
             out.append((0, f"repeat {t['repeat']} lab-limited (not counted): {'; '.join(t['limited_reasons'])}"))
         if t.get("error"):

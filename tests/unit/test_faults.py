@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -96,6 +97,7 @@ def test_every_issue_kind_exists_with_an_example():
         "cross-az",
         "link",
         "conntrack-invalid",
+        "snat-port-range",
         "stale-endpoints",
         "syn-backlog",
         "elb-idle-timeout",
@@ -239,6 +241,34 @@ def test_conntrack_kinds(lab):
     assert inv.steps[1].args["tables"]["mangle"]["rules"] == [
         "-p tcp --sport 9090 -j NFQUEUE --queue-num 7 --queue-bypass"
     ]
+
+
+def test_snat_port_range_narrows_kube_proxys_masquerade_keeping_the_flavour(lab):
+    # The default topology is modern: its masquerade keeps --random-fully, only the ports change.
+    assert lines(lab, "snat-port-range", "node-b1", ["ports=2"]) == [
+        "node-b1: iptables nat: LAB-FAULT-7 from POSTROUTING: -p tcp -m mark --mark 0x00004000/0x00004000 "
+        "-j MASQUERADE --to-ports 40000-40001 --random-fully"
+    ]
+    legacy = Lab(name="unit", topology=load_topology(TOPOLOGIES / "seed-2017.yaml"))
+    steps = plan(legacy, "snat-port-range", None, ["ports=64", "first=1024"]).steps
+    assert [s.host for s in steps] == ["node-a1", "node-b1", "node-c1"]  # default: every node
+    assert steps[0].args["tables"]["nat"]["rules"] == [
+        "-p tcp -m mark --mark 0x00004000/0x00004000 -j MASQUERADE --to-ports 1024-1087"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (["ports=0"], "parameter ports=0"),
+        (["first=80"], "parameter first=80"),
+        (["first=65535", "ports=2"], "first + ports - 1 must be at most 65535 (got 65536)"),
+    ],
+)
+def test_snat_port_range_params_are_checked(params, message):
+    kind = get_kind("snat-port-range")
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_params(kind.name, kind.params, params)
 
 
 def test_filler_entries_are_unique_marked_and_outside_the_lab():

@@ -266,3 +266,25 @@ def test_engine_classes_timeouts_and_refusals(server):
 def test_help_has_examples():
     res = CliRunner().invoke(app, ["load", "--help"])
     assert res.exit_code == 0 and "Examples" in res.output and "lab load accounts --rate" in res.output
+
+
+def test_load_prints_the_latency_histogram_when_calls_took_a_syn_retransmit(capsys):
+    from lab.cli.commands.load import print_result
+
+    h = new_histogram()
+    for seconds in [0.002] * 95 + [1.004] * 4 + [3.01]:
+        record(h, seconds)
+    d = {
+        "spec": {"service": "accounts", "via": "elb", "connections": "per-request"},
+        "requests": 100, "seconds": 1.0, "achieved_rate": 100.0, "ok_ratio": 1.0, "interrupted": False,
+        "outcomes": dict.fromkeys(outcomes.OUTCOMES, 0) | {"ok": 100}, "details": {}, "unfinished": 0,
+        "not_sent": 0, "errors": [], "histograms_ms": {"latency": summary(h)}, "hdr": {"latency": encode(h)},
+    }  # fmt: skip
+    print_result(d)
+    assert "latency histogram: [0 s, 1 s) 95, [1 s, 1.5 s) 4, [1.5 s, 3 s) 0, [3 s, 3.5 s) 1, >= 3.5 s 0" in (
+        capsys.readouterr().out
+    )
+    fast = new_histogram()
+    record(fast, 0.002)
+    print_result(d | {"hdr": {"latency": encode(fast)}, "histograms_ms": {"latency": summary(fast)}})
+    assert "latency histogram" not in capsys.readouterr().out  # nothing slow: no line

@@ -11,12 +11,13 @@ from typer.testing import CliRunner
 
 from lab.cli import app
 from lab.errors import InputError
+from lab.load.stats import encode, new_histogram, record
 from lab.models.scenario import OBSERVATIONS
 from lab.scenarios import report
 from lab.scenarios.aggregate import aggregate
 from lab.scenarios.evaluate import check_expectation, observations
 from lab.scenarios.loader import builtin, load_scenario
-from lab.scenarios.metrics import CATALOG, statistic
+from lab.scenarios.metrics import CATALOG, latency_bands, statistic
 
 MINIMAL = """\
 title: minimal
@@ -208,6 +209,31 @@ def test_per_minute_is_per_elb_minute_under_a_time_scale():
     assert statistic(metric, "per_minute", intervals, 0, 10, time_scale=1.0) == pytest.approx(180)
     assert statistic(metric, "sum", intervals, 0, 10) == 30
     assert statistic(metric, "per_minute", intervals, 100, 110) is None  # no data is not zero
+
+
+def test_syn_retransmit_shares_come_from_the_latency_histogram():
+    h = new_histogram()
+    for seconds in [0.002] * 90 + [1.003] * 6 + [1.6] + [3.004] * 2:  # 99 calls answered
+        record(h, seconds)
+    load = {"requests": 100, "ok_ratio": 0.99, "outcomes": {"ok": 99, "read-timeout": 1}, "hdr": {"latency": encode(h)}}
+    bands = latency_bands(load)
+    assert bands == {"[0 s, 1 s)": 90, "[1 s, 1.5 s)": 6, "[1.5 s, 3 s)": 1, "[3 s, 3.5 s)": 2, ">= 3.5 s": 0}
+    # the runner keeps the bands, not the histogram: the shares read the same from either
+    for kept in (load, {**{k: v for k, v in load.items() if k != "hdr"}, "latency_bands": bands}):
+        assert statistic(CATALOG["client.latency_1s_share"], "value", [], 0, 1, load=kept) == pytest.approx(0.06)
+        assert statistic(CATALOG["client.latency_3s_share"], "value", [], 0, 1, load=kept) == pytest.approx(0.02)
+    assert statistic(CATALOG["client.latency_1s_share"], "value", [], 0, 1, load={"requests": 0}) is None
+
+
+def test_the_report_shows_a_latency_histogram_with_delays():
+    scenario = {"trials": [{"repeat": 1, "runs": [{"variant": "legacy", "phases": [
+        {"name": "idle", "load": None},
+        {"name": "quiet", "load": {"latency_bands": {"[0 s, 1 s)": 10, "[1 s, 1.5 s)": 0}}},
+        {"name": "narrowed", "load": {"latency_bands": {"[0 s, 1 s)": 90, "[1 s, 1.5 s)": 7}}},
+    ]}]}]}  # fmt: skip
+    assert report.details(scenario) == [
+        (0, "latency histogram (legacy narrowed, repeat 1): [0 s, 1 s) 90, [1 s, 1.5 s) 7"),
+    ]
 
 
 def test_an_interval_straddling_a_phase_boundary_is_left_out():

@@ -66,6 +66,18 @@ def result_table(d: dict[str, Any]) -> Table:
     return table
 
 
+def _latency_bands(d: dict[str, Any]) -> dict[str, int] | None:
+    from lab.load.stats import bands, decode_into, new_histogram, slow_calls  # imported at use for start-up speed
+
+    encoded = d.get("hdr", {}).get("latency")
+    if not encoded:
+        return None
+    h = new_histogram()
+    decode_into(h, encoded)
+    counts = bands(h)
+    return counts if slow_calls(counts) else None
+
+
 def print_result(d: dict[str, Any]) -> None:
     from lab.load import OUTCOMES  # imported at use for start-up speed
 
@@ -75,6 +87,9 @@ def print_result(d: dict[str, Any]) -> None:
     console.print(f"outcomes: {outcomes}")
     if d["details"]:
         console.print("details: " + ", ".join(f"{k} {v}" for k, v in sorted(d["details"].items())))
+    slow = _latency_bands(d)
+    if slow:  # only when some call took a SYN retransmit or longer: 1 s / 3 s steps are a dropped SYN's mark
+        console.print("latency histogram: " + ", ".join(f"{band} {n}" for band, n in slow.items()))
     extra = []
     if d["unfinished"]:
         extra.append(f"{d['unfinished']} in flight when stopped")
