@@ -227,10 +227,15 @@ class Host:
         path = "/proc/sys/" + key.replace(".", "/")
         return self.in_netns(lambda: Path(path).read_text().strip())
 
-    def set_sysctls(self, values: dict[str, str]) -> None:
+    def set_sysctls(self, values: dict[str, str], only_present: bool = False) -> None:
+        """Write sysctls in this namespace; `only_present` skips keys this kernel does not have."""
+
         def write() -> None:
             for key, value in values.items():
-                Path("/proc/sys/" + key.replace(".", "/")).write_text(str(value))
+                path = Path("/proc/sys/" + key.replace(".", "/"))
+                if only_present and not path.exists():
+                    continue
+                path.write_text(str(value))
 
         self.in_netns(write)
 

@@ -3,6 +3,7 @@ conntrack inside its namespaces; a full-scale lab and this machine's own namespa
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.conftest import in_host
 from tests.integration.test_faults import connect_times
+from tests.integration.test_metrics import capture
 
 pytestmark = pytest.mark.root
 
@@ -59,3 +61,25 @@ def test_full_scale_lab_keeps_the_kernels_defaults(make_lab):
     assert sysctl(lab.name, "node-a1", CT + "time_wait") == 120
     assert sysctl(lab.name, "apollo-1", "net.ipv4.tcp_fin_timeout") == 60
     assert sysctl(lab.name, "elb-a1", "net.ipv4.tcp_syn_retries") == 6
+
+
+def test_lost_syns_are_resent_after_1_3_and_7_s_as_on_the_seeds_kernels(make_lab, tmp_path):
+    """Linux 6.5+ resends the first SYNs at 1 s intervals (tcp_syn_linear_timeouts=4); the lab sets 0 where the
+    kernel has it, so a lost SYN costs 1 s, then 3 s, then 7 s, as the 2017 nodes' kernels did."""
+    key = "net.ipv4.tcp_syn_linear_timeouts"
+    if not Path("/proc/sys/" + key.replace(".", "/")).exists():
+        pytest.skip(f"this kernel has no {key}: its SYN retransmits back off exponentially already")
+    machine = own_namespace(key)
+    lab = make_lab()
+    assert sysctl(lab.name, "apollo-1", key) == 0 and sysctl(lab.name, "elb-a1", key) == 0
+    node, port = "node-a1", lab.topology.service("accounts").node_port
+    in_host(lab.name, node, "iptables", "-t", "raw", "-I", "PREROUTING", "-p", "tcp", "--dport", str(port), "--syn",
+            "-j", "DROP")  # fmt: skip
+    pcap = tmp_path / "syn.pcap"
+    with capture(lab.name, node, pcap, f"tcp dst port {port} and tcp[tcpflags] & tcp-syn != 0"):
+        assert connect_times(lab, "apollo-1", (str(lab.plan.ip(node)), port), 1, timeout=8.5)[0] is None
+    out = subprocess.run(["tcpdump", "-nn", "-tt", "-r", str(pcap)], capture_output=True, text=True).stdout
+    times = [float(line.split()[0]) for line in out.splitlines() if line.strip()]
+    gaps = [round(b - a, 1) for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) == 4 and pytest.approx(gaps, abs=0.3) == [1.0, 2.0, 4.0], out  # SYN at 0, 1, 3, 7 s
+    assert own_namespace(key) == machine  # this machine's namespace untouched
