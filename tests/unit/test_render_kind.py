@@ -247,10 +247,12 @@ def test_dry_run_needs_no_docker_and_prints_the_whole_plan(monkeypatch, tmp_path
         "kind: Deployment",
         "nodePort: 30091",
         "## haproxy.cfg of elb-c1",
-        "server node-c1 172.20.192.16:30090 check",
+        'server node-c1 172.20.192.16:30090 agent-send "node-c1\\n"',
+        "## checks.json of elb-c1 (its health checker)",
         f"KIND_EXPERIMENTAL_DOCKER_NETWORK=lab-{name} kind create cluster --name lab-{name}",
         "kind load docker-image k8s-elb-lab/labservices:",
         f"docker run --detach --name lab-{name}-elb-a1",
+        f"docker run --detach --name lab-{name}-elb-a1-check --network container:lab-{name}-elb-a1",
     ):
         assert expected in out, expected
     assert not LabState(name).exists()
