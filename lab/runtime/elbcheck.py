@@ -57,10 +57,12 @@ class Health:
     streak: int = 0  # consecutive results against the current state
     last: str = ""  # last check's result: ok, refused, timeout or an errno name
     last_ms: int | None = None
+    checks: int = 0  # made since the checker started
 
     def record(self, result: str, ms: int | None) -> bool:
         """Count one check's result; True if the instance changed state."""
         self.last, self.last_ms = result, ms
+        self.checks += 1
         against = (result != "ok") if self.in_service else (result == "ok")
         self.streak = self.streak + 1 if against else 0
         limit = self.unhealthy_threshold if self.in_service else self.healthy_threshold
@@ -233,7 +235,8 @@ class Checker:
         except BlockingIOError:
             return
         view = {n: {"state": t.health.state, "status": t.health.status, "last": t.health.last,
-                    "ms": t.health.last_ms, "port": t.port} for n, t in self.targets.items()}  # fmt: skip
+                    "ms": t.health.last_ms, "port": t.port, "checks": t.health.checks}
+                for n, t in self.targets.items()}  # fmt: skip
         try:
             conn.setblocking(True)
             conn.settimeout(0.2)
