@@ -379,7 +379,12 @@ class KindBackend:
                         "name": name,
                         "pid": c.get("Pid") or None,
                         "state": "running" if running else ("exited" if c else "missing"),
-                        "ready": running and (name.startswith("check/") or self.elb_stats_socket(lab, elb).exists()),
+                        "ready": running
+                        and (
+                            self.elb_checker_socket(lab, elb)
+                            if name.startswith("check/")
+                            else self.elb_stats_socket(lab, elb)
+                        ).exists(),
                         "restarts": inspected.get("RestartCount", 0),
                         "exit_code": None if running else c.get("ExitCode"),
                     }
@@ -455,6 +460,11 @@ class KindBackend:
         tmp = path.with_suffix(".tmp")  # same directory: the checker container sees the new file through its mount
         tmp.write_text(text)
         os.replace(tmp, path)
+        if not elbcheck.wait_for_config(str(self.elb_checker_socket(lab, elb)), text, ELB_READY_TIMEOUT):
+            raise LabError(f"the health checker of ELB node {elb} did not take its new config")
+
+    def elb_checker_socket(self, lab: LabSpec, elb: str) -> Path:
+        return lab.state.path("run", elb, render.CHECKER_SOCKET)
 
     def set_elb_config(self, lab: LabSpec, elb: str, text: str) -> None:
         path = lab.state.path("elb", elb, "haproxy.cfg")

@@ -67,6 +67,10 @@ def checker_config_path(state: LabState, elb: str) -> Path:
     return state.path("run", f"{elb}.checks.json")
 
 
+def checker_socket_path(state: LabState, elb: str) -> Path:
+    return state.path("run", f"{elb}.checks.sock")
+
+
 class NetnsBackend:
     name = "netns"
 
@@ -251,6 +255,12 @@ class NetnsBackend:
 
     def set_elb_checker_config(self, lab: LabSpec, elb: str, text: str) -> None:
         _replace(checker_config_path(lab.state, elb), text)  # the checker reloads it when it changes
+        if not elbcheck.wait_for_config(str(self.elb_checker_socket(lab, elb)), text, READY_TIMEOUT):
+            raise LabError(f"the health checker of ELB node {elb} did not take its new config; "
+                           f"{_last_log_line(lab, f'check/{elb}')}")  # fmt: skip
+
+    def elb_checker_socket(self, lab: LabSpec, elb: str) -> Path:
+        return checker_socket_path(lab.state, elb)
 
     def set_elb_config(self, lab: LabSpec, elb: str, text: str) -> None:
         _replace(lab.state.path("run", f"{elb}.haproxy.cfg"), text)
@@ -327,9 +337,9 @@ def process_specs(lab: LabSpec) -> list[dict[str, Any]]:
                 "netns": str(NETNS_DIR / netns_name(lab.name, elb.name)),
                 # A stdlib-only file run with -S: no site-packages to import, it starts in milliseconds.
                 "argv": [sys.executable, "-S", elbcheck.__file__, str(checker_config_path(state, elb.name)),
-                         "--socket", str(state.path("run", f"{elb.name}.checks.sock"))],
+                         "--socket", str(checker_socket_path(state, elb.name))],
                 "log": f"logs/{elb.name}.checks.log",
-                "ready_socket": str(state.path("run", f"{elb.name}.checks.sock")),
+                "ready_socket": str(checker_socket_path(state, elb.name)),
             }
         )  # fmt: skip
     for pod in topo.pods:

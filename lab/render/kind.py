@@ -64,6 +64,7 @@ MAX_WORKERS = 20  # kind node containers each run a kubelet and containerd: more
 MAX_PODS_PER_NODE = 100  # the kubelet's default limit is 110, a few go to kindnet and kube-proxy
 READY_TIMEOUT_S = 300
 CHECKER_FILE = "checks.json"  # the health checker's config, next to haproxy.cfg (the checker reloads it)
+CHECKER_SOCKET = "checks.sock"  # in the ELB node's run directory, next to HAProxy's stats socket
 CHECKER_SCRIPT = "/lab/elbcheck.py"  # lab/runtime/elbcheck.py, mounted read-only into the checker container
 ELB_START_FILE = "start"  # created in the ELB node's config directory once its namespace is instrumented
 # PID 1 of an ELB container: wait for the start file, then run HAProxy and restart it whenever it exits, so
@@ -389,7 +390,7 @@ def checker_command(lab: str, state_dir: Path, elb: str, image: str, script: Pat
     names = KindNames(lab)
     loop = (
         f"until [ -e {HAPROXY_DIR}/{ELB_START_FILE} ]; do sleep 0.1; done; "
-        f"exec python -S {CHECKER_SCRIPT} {HAPROXY_DIR}/{CHECKER_FILE}"
+        f"exec python -S {CHECKER_SCRIPT} {HAPROXY_DIR}/{CHECKER_FILE} --socket {HAPROXY_RUN}/{CHECKER_SOCKET}"
     )
     return Command(
         (
@@ -398,6 +399,7 @@ def checker_command(lab: str, state_dir: Path, elb: str, image: str, script: Pat
             "--label", f"{LABEL_LAB}={lab}", "--label", f"{LABEL_HOST}={elb}-check",
             "--user", "0", "--restart", "unless-stopped",
             "--volume", f"{state_dir / 'elb' / elb}:{HAPROXY_DIR}:ro",
+            "--volume", f"{state_dir / 'run' / elb}:{HAPROXY_RUN}",
             "--volume", f"{script}:{CHECKER_SCRIPT}:ro",
             "--entrypoint", "sh", image, "-c", loop,
         ),

@@ -283,6 +283,33 @@ class Checker:
             self.step()
 
 
+def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
+    """A running checker's view of its instances, from its --socket: state, status, last, ms, port, checks."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return json.loads(data)
+
+
+def wait_for_config(path: str, config_text: str, timeout: float) -> bool:
+    """Wait until the checker behind socket `path` checks the ports `config_text` names (it reloads its file
+    within RELOAD_EVERY); False if it did not in time."""
+    wanted = {t["instance"]: int(t["port"]) for t in json.loads(config_text)["targets"]}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if {n: v["port"] for n, v in read_status(path).items()} == wanted:
+                return True
+        except (OSError, ValueError):
+            pass  # restarting: its socket comes back with the file's ports
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -S elbcheck.py")
     parser.add_argument("config", help="the checker's JSON config (lab.render.healthcheck)")

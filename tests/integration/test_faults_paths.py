@@ -3,7 +3,6 @@ ELB (its health checker's and HAProxy's stats sockets), iptables-save, ss and ns
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -14,6 +13,7 @@ from labservices.client import client_on_socket
 from lab import faults
 from lab.haproxy_stats import instance_health, show_stat
 from lab.load import LoadSpec, run_load
+from lab.runtime.elbcheck import read_status
 from tests.conftest import in_host
 from tests.integration.test_faults import (
     assert_same,
@@ -32,13 +32,7 @@ QUICK = 0.1  # ELB timers x0.1: a health check every second
 def check_of(lab, elb: str, node: str) -> dict:
     """The ELB node's health checker's view of an instance (its status socket): state, status, last result,
     its duration (ms), the port it checks, and how many checks it made."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(lab.state.path("run", f"{elb}.checks.sock")))
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    s.close()
-    return json.loads(data)[node]
+    return read_status(str(lab.backend.elb_checker_socket(lab, elb)))[node]
 
 
 def stays_in_service(lab, elb: str, node: str, seconds: float = 3.5) -> bool:

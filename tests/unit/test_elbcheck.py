@@ -8,7 +8,7 @@ import socket
 import threading
 
 from lab.haproxy_stats import instance_health
-from lab.runtime.elbcheck import Checker, Health, classify, next_due
+from lab.runtime.elbcheck import Checker, Health, classify, next_due, read_status
 
 
 def test_checks_start_on_the_clock_whatever_the_last_one_did():
@@ -104,7 +104,7 @@ def test_a_real_checker_on_loopback_refused_ok_and_its_agent_answers(tmp_path, c
         interval=0.1,
         timeout=0.05,
     )
-    checker = Checker(str(path), None)
+    checker = Checker(str(path), str(tmp_path / "checks.sock"))
     agent_port = checker.agent.getsockname()[1]
     replies: dict[str, str] = {}
 
@@ -117,7 +117,9 @@ def test_a_real_checker_on_loopback_refused_ok_and_its_agent_answers(tmp_path, c
         checker.step()
         if not checker.targets["refusing"].health.in_service:
             break
+    status: dict = {}
     threads = [threading.Thread(target=ask, args=(n,)) for n in ("up", "refusing", "other")]
+    threads.append(threading.Thread(target=lambda: status.update(read_status(str(tmp_path / "checks.sock")))))
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -125,6 +127,8 @@ def test_a_real_checker_on_loopback_refused_ok_and_its_agent_answers(tmp_path, c
     assert replies["up"].startswith("up #UP; last check ok in ")
     assert replies["refusing"].startswith("down #DOWN; last check refused in ")
     assert replies["other"] == "down #not an instance of this ELB node\n"
+    assert status["refusing"]["state"] == "OutOfService" and status["refusing"]["port"] == refused_port
+    assert status["up"]["last"] == "ok" and status["up"]["checks"] >= 1
     # what HAProxy shows for such replies reads back as the ELB's view
     rows = [
         {"pxname": "elb-health", "svname": "refusing", "status": "DOWN (agent)",

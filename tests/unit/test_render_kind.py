@@ -340,3 +340,15 @@ def test_the_service_image_pins_the_thrift_stack_the_lab_runs():
     assert "COPY labservices/ /app/labservices/" in dockerfile
     assert (Path(backend.SERVICES_DIR) / "labservices" / "server.py").exists()
     assert '"labservices.server"' in dockerfile
+
+
+def test_the_checker_runs_beside_haproxy_in_the_elb_containers_namespace():
+    cmd = kind.checker_command("x1", Path("/run/lab/x1"), "elb-a1", IMAGE, Path("/src/lab/runtime/elbcheck.py"))
+    argv = list(cmd.argv)
+    assert argv[argv.index("--network") + 1] == "container:lab-x1-elb-a1"  # its agent port is HAProxy's loopback
+    assert "/run/lab/x1/elb/elb-a1:/usr/local/etc/haproxy:ro" in argv  # checks.json next to haproxy.cfg
+    assert "/src/lab/runtime/elbcheck.py:/lab/elbcheck.py:ro" in argv
+    assert argv[argv.index("--label") + 1] == "k8s-elb-lab.lab=x1"  # removed by `lab down` with the others
+    script = argv[-1]
+    assert script.startswith("until [ -e /usr/local/etc/haproxy/start ]")  # not before the accounting is in
+    assert script.endswith("--socket /run/haproxy/checks.sock")
