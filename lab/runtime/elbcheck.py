@@ -123,13 +123,16 @@ def classify(err: int) -> str:
 
 
 class Checker:
+    """One ELB node's checks: a single-threaded loop over non-blocking connects, the agent port and the status
+    socket."""
+
     def __init__(self, config_path: str, status_socket: str | None, clock: Callable[[], float] = time.monotonic):
         self.path = config_path
         self.clock = clock
         self.sel = selectors.DefaultSelector()
         self.targets: dict[str, Target] = {}
         self.config: dict[str, Any] = {}
-        self.mtime = -1
+        self.seen: tuple[int, int, int] | None = None  # the config file's (inode, mtime, size) when last read
         self.next_reload = 0.0
         self.running = True
         self._load()
@@ -148,11 +151,13 @@ class Checker:
 
     def _load(self) -> None:
         st = os.stat(self.path)
-        if st.st_mtime_ns == self.mtime:
+        # The inode too: a file replaced twice within the kernel's coarse mtime tick still reads as changed.
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self.seen:
             return
         with open(self.path) as f:
             cfg = json.load(f)
-        self.mtime = st.st_mtime_ns
+        self.seen = seen
         now = self.clock()
         start = now if not self.config else None
         old, self.targets = self.targets, {}

@@ -4,6 +4,7 @@ this machine's loopback that asks it as HAProxy's agent check does."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 
@@ -50,6 +51,7 @@ class FakeClock:
 
 
 def _config(tmp_path, targets, interval=10.0, timeout=5.0, agent_port=0):
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "checks.json"
     path.write_text(
         json.dumps(
@@ -144,4 +146,23 @@ def test_a_real_checker_on_loopback_refused_ok_and_its_agent_answers(tmp_path, c
     assert {(c["instance"], c["result"]) for c in checks if "result" in c} == {("up", "ok"), ("refusing", "refused")}
     listener.close()
     closed.close()
+    checker.agent.close()
+
+
+def test_a_new_config_moves_the_port_and_keeps_state_and_cadence(tmp_path, monkeypatch):
+    clock = FakeClock()
+    target = {"instance": "node-a1", "ip": "127.0.0.1", "port": 30090, "offset_s": 2.0}
+    path = _config(tmp_path, [target])
+    checker = Checker(str(path), None, clock=clock)
+    monkeypatch.setattr(checker, "_start_check", lambda t, now: None)
+    monkeypatch.setattr(checker.sel, "select", lambda timeout: [])
+    checker.targets["node-a1"].health.record("timeout", 5000)
+    for port in (10256, 30090, 10256):  # replaced quickly, as a fault applied and reverted is
+        tmp = _config(tmp_path / "new", [{**target, "port": port}])
+        os.replace(tmp, path)  # as the backends write it
+        clock.now += 0.25  # past the reload period
+        checker.step()
+        assert checker.targets["node-a1"].port == port
+    t = checker.targets["node-a1"]
+    assert t.first == 102.0 and t.health.status == "UP, 1/2 failed"
     checker.agent.close()
