@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import socket
 from pathlib import Path
 
@@ -41,22 +42,28 @@ def show_stat(stats_socket: Path) -> list[dict[str, str]]:
 def elb_state(status: str) -> str:
     """HAProxy's server status as the ELB reports an instance: InService or OutOfService.
 
-    "UP 2/6" is up but failing checks (not yet at the unhealthy threshold): still InService.
-    "DOWN 1/2" is down and passing checks (not yet at the healthy threshold): still OutOfService.
+    The instances' servers have only an agent check (the lab's checker): "no check" is how HAProxy shows
+    such a server up, "DOWN (agent)" down. Statuses of HAProxy's own checks read the same way: "UP 2/6" is
+    up but failing checks (not yet at the unhealthy threshold), "DOWN 1/2" down and passing them.
     """
-    return "InService" if status.startswith(("UP", "NOLB")) else "OutOfService"
+    return "OutOfService" if status.startswith(("DOWN", "MAINT")) else "InService"
+
+
+# What the checker tells HAProxy with its state word: "via agent : up (UP, 1/6 failed; last check timeout in 5001 ms)"
+_AGENT_SAYS = re.compile(r"via agent : \w+ \((?P<status>[^;]*); last check (?P<check>.*)\)$")
 
 
 def instance_health(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
-    """The ELB node's view of each instance: state, HAProxy status, last check result."""
+    """The ELB node's view of each instance: state (HAProxy's, which routes), the checker's status and last
+    check (as it last told HAProxy; HAProxy's own status before the checker first answered)."""
     out = {}
     for row in rows:
         if row.get("pxname") == HEALTH_BACKEND and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            says = _AGENT_SAYS.match(row.get("last_agt") or "")
             out[row["svname"]] = {
                 "state": elb_state(row.get("status", "")),
-                "status": row.get("status", ""),
-                "check": row.get("check_status", ""),
-                "check_duration_ms": row.get("check_duration", ""),
+                "status": says["status"] if says else row.get("status", ""),
+                "check": says["check"] if says else row.get("check_status", ""),
             }
     return out
 

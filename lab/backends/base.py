@@ -51,6 +51,16 @@ class Backend(Protocol):
     def set_elb_config(self, lab: LabSpec, elb: str, text: str) -> None:
         """Replace an ELB node's HAProxy configuration and restart it; returns once it is ready."""
 
+    def elb_checker_config(self, lab: LabSpec, elb: str) -> str:
+        """The configuration text (JSON) of an ELB node's health checker (lab.render.healthcheck)."""
+
+    def set_elb_checker_config(self, lab: LabSpec, elb: str, text: str) -> None:
+        """Replace it; returns once the running checker checks what it says (each instance keeps its state and
+        its place in the cadence)."""
+
+    def elb_checker_socket(self, lab: LabSpec, elb: str) -> Path:
+        """The unix socket where an ELB node's health checker tells its view (lab.runtime.elbcheck.read_status)."""
+
     def destroy(self, state: LabState) -> list[str]:
         """Remove everything the journal (and the lab's tagged namespaces) say exists; say what went."""
 

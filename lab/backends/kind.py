@@ -34,6 +34,8 @@ from lab.hosts import Host, netns_iproute, pids_in_netns
 from lab.render import kind as render
 from lab.render.accounting import instances_of
 from lab.render.haproxy import render_haproxy
+from lab.render.healthcheck import render_checker
+from lab.runtime import elbcheck
 from lab.state import LabState, all_labs
 
 if TYPE_CHECKING:
@@ -161,6 +163,7 @@ class KindBackend:
             SERVICES_DIR,
             lab.time_scale,
             lab.source,
+            checker_script=Path(elbcheck.__file__),
         )
 
     # --- build ---
@@ -205,6 +208,8 @@ class KindBackend:
             cmd = self.prepare_elb(lab, elb.name)
             state.record("container", name=names.container(elb.name))
             run(cmd.argv, timeout=600)  # the first run pulls the HAProxy image
+            state.record("container", name=names.container(f"{elb.name}-check"))
+            run(render.checker_command(lab.name, state.dir, elb.name, image, Path(elbcheck.__file__)).argv, timeout=120)
         for client, ip in render.client_ips(topo).items():
             state.record("container", name=names.container(client))
             run(render.client_command(topo, lab.name, client, ip, image).argv, timeout=120)
@@ -220,6 +225,7 @@ class KindBackend:
         (cfg_dir / render.ELB_START_FILE).unlink(missing_ok=True)
         outside.stats_socket.parent.mkdir(parents=True, exist_ok=True)
         (cfg_dir / "haproxy.cfg").write_text(render_haproxy(lab.topology, lab.plan, spec, inside, lab.time_scale))
+        (cfg_dir / render.CHECKER_FILE).write_text(render_checker(lab.topology, lab.plan, spec, lab.time_scale))
         return render.elb_command(lab.topology, lab.plan, lab.name, lab.state.dir, elb)
 
     def release_elbs(self, lab: LabSpec, elbs: list[str]) -> None:
@@ -361,20 +367,28 @@ class KindBackend:
     def processes(self, lab: LabSpec) -> list[dict[str, Any]]:
         names = render.KindNames(lab.name)
         procs = []
-        found = self._inspect([names.container(e.name) for e in lab.topology.elb_nodes])
-        for elb in lab.topology.elb_nodes:
-            c = found.get(names.container(elb.name), {}).get("State", {})
-            running = bool(c.get("Running"))
-            procs.append(
-                {
-                    "name": f"elb/{elb.name}",
-                    "pid": c.get("Pid") or None,
-                    "state": "running" if running else ("exited" if c else "missing"),
-                    "ready": running and self.elb_stats_socket(lab, elb.name).exists(),
-                    "restarts": found.get(names.container(elb.name), {}).get("RestartCount", 0),
-                    "exit_code": None if running else c.get("ExitCode"),
-                }
-            )
+        elbs = [e.name for e in lab.topology.elb_nodes]
+        found = self._inspect([names.container(n) for e in elbs for n in (e, f"{e}-check")])
+        for elb in elbs:
+            for name, container in ((f"elb/{elb}", elb), (f"check/{elb}", f"{elb}-check")):
+                inspected = found.get(names.container(container), {})
+                c = inspected.get("State", {})
+                running = bool(c.get("Running"))
+                procs.append(
+                    {
+                        "name": name,
+                        "pid": c.get("Pid") or None,
+                        "state": "running" if running else ("exited" if c else "missing"),
+                        "ready": running
+                        and (
+                            self.elb_checker_socket(lab, elb)
+                            if name.startswith("check/")
+                            else self.elb_stats_socket(lab, elb)
+                        ).exists(),
+                        "restarts": inspected.get("RestartCount", 0),
+                        "exit_code": None if running else c.get("ExitCode"),
+                    }
+                )
         deployments = self._get(lab, "deployments")
         return procs + pod_views(lab.topology, deployments, self._pods(lab))
 
@@ -437,6 +451,20 @@ class KindBackend:
 
     def elb_config(self, lab: LabSpec, elb: str) -> str:
         return lab.state.path("elb", elb, "haproxy.cfg").read_text()
+
+    def elb_checker_config(self, lab: LabSpec, elb: str) -> str:
+        return lab.state.path("elb", elb, render.CHECKER_FILE).read_text()
+
+    def set_elb_checker_config(self, lab: LabSpec, elb: str, text: str) -> None:
+        path = lab.state.path("elb", elb, render.CHECKER_FILE)
+        tmp = path.with_suffix(".tmp")  # same directory: the checker container sees the new file through its mount
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        if not elbcheck.wait_for_config(str(self.elb_checker_socket(lab, elb)), text, ELB_READY_TIMEOUT):
+            raise LabError(f"the health checker of ELB node {elb} did not take its new config")
+
+    def elb_checker_socket(self, lab: LabSpec, elb: str) -> Path:
+        return lab.state.path("run", elb, render.CHECKER_SOCKET)
 
     def set_elb_config(self, lab: LabSpec, elb: str, text: str) -> None:
         path = lab.state.path("elb", elb, "haproxy.cfg")

@@ -30,9 +30,10 @@ from lab.hosts import Host, create_netns, delete_netns, is_zombie, netns_iproute
 from lab.models.topology import all_cidrs
 from lab.render.accounting import instances_of
 from lab.render.haproxy import HaproxyPaths, render_haproxy
+from lab.render.healthcheck import render_checker
 from lab.render.kubeproxy import render_node, stale_chains
 from lab.render.plan import describe
-from lab.runtime import control
+from lab.runtime import control, elbcheck
 from lab.state import NETNS_PREFIX, LabState, netns_name, split_netns_name
 
 if TYPE_CHECKING:
@@ -66,6 +67,14 @@ def haproxy_paths(state: LabState, elb: str) -> HaproxyPaths:
     return HaproxyPaths(stats_socket=state.path("run", f"{elb}.sock"), pid_file=state.path("run", f"{elb}.pid"))
 
 
+def checker_config_path(state: LabState, elb: str) -> Path:
+    return state.path("run", f"{elb}.checks.json")
+
+
+def checker_socket_path(state: LabState, elb: str) -> Path:
+    return state.path("run", f"{elb}.checks.sock")
+
+
 class NetnsBackend:
     name = "netns"
 
@@ -96,6 +105,7 @@ class NetnsBackend:
         for elb in topo.elb_nodes:
             cfg = render_haproxy(topo, plan, elb, haproxy_paths(state, elb.name), lab.time_scale)
             out += [f"## haproxy.cfg of {elb.name}", cfg]
+            out += [f"## health checker of {elb.name}", render_checker(topo, plan, elb, lab.time_scale)]
         out.append("## processes (started by the lab's supervisor)")
         for proc in process_specs(lab):
             what = " ".join(proc["argv"]) if "argv" in proc else f"thrift server {json.dumps(proc['pod'])}"
@@ -141,6 +151,7 @@ class NetnsBackend:
         for elb in topo.elb_nodes:
             cfg = render_haproxy(topo, plan, elb, haproxy_paths(state, elb.name), lab.time_scale)
             state.path("run", f"{elb.name}.haproxy.cfg").write_text(cfg)
+            checker_config_path(state, elb.name).write_text(render_checker(topo, plan, elb, lab.time_scale))
         specs = process_specs(lab)
         state.processes_file.write_text(json.dumps({"lab": lab.name, "processes": specs}, indent=2))
         self._load_processes(state)
@@ -244,11 +255,20 @@ class NetnsBackend:
     def elb_config(self, lab: LabSpec, elb: str) -> str:
         return lab.state.path("run", f"{elb}.haproxy.cfg").read_text()
 
+    def elb_checker_config(self, lab: LabSpec, elb: str) -> str:
+        return checker_config_path(lab.state, elb).read_text()
+
+    def set_elb_checker_config(self, lab: LabSpec, elb: str, text: str) -> None:
+        _replace(checker_config_path(lab.state, elb), text)  # the checker reloads it when it changes
+        if not elbcheck.wait_for_config(str(self.elb_checker_socket(lab, elb)), text, READY_TIMEOUT):
+            raise LabError(f"the health checker of ELB node {elb} did not take its new config; "
+                           f"{_last_log_line(lab, f'check/{elb}')}")  # fmt: skip
+
+    def elb_checker_socket(self, lab: LabSpec, elb: str) -> Path:
+        return checker_socket_path(lab.state, elb)
+
     def set_elb_config(self, lab: LabSpec, elb: str, text: str) -> None:
-        path = lab.state.path("run", f"{elb}.haproxy.cfg")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        _replace(lab.state.path("run", f"{elb}.haproxy.cfg"), text)
         control.request(lab.state.control_socket, {"cmd": "restart", "name": f"elb/{elb}"})
         if self._ready_within(lab, f"elb/{elb}", READY_TIMEOUT):
             return
@@ -281,6 +301,13 @@ class NetnsBackend:
         return sorted(lab for lab in _tagged_namespaces() if not LabState(lab).exists())
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write a file in one step: a reader sees the old text or the new, never half."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _last_log_line(lab: LabSpec, process: str) -> str:
     spec = next((p for p in process_specs(lab) if p["name"] == process), None)
     if spec is None:
@@ -295,7 +322,7 @@ def _last_log_line(lab: LabSpec, process: str) -> str:
 
 
 def process_specs(lab: LabSpec) -> list[dict[str, Any]]:
-    """What the supervisor runs: one HAProxy per ELB node, one Thrift server per pod."""
+    """What the supervisor runs: one HAProxy and one health checker per ELB node, one Thrift server per pod."""
     state, plan, topo = lab.state, lab.plan, lab.topology
     specs: list[dict[str, Any]] = []
     for elb in topo.elb_nodes:
@@ -309,6 +336,17 @@ def process_specs(lab: LabSpec) -> list[dict[str, Any]]:
                 "ready_socket": str(paths.stats_socket),
             }
         )
+        specs.append(
+            {
+                "name": f"check/{elb.name}",
+                "netns": str(NETNS_DIR / netns_name(lab.name, elb.name)),
+                # A stdlib-only file run with -S: no site-packages to import, it starts in milliseconds.
+                "argv": [sys.executable, "-S", elbcheck.__file__, str(checker_config_path(state, elb.name)),
+                         "--socket", str(checker_socket_path(state, elb.name))],
+                "log": f"logs/{elb.name}.checks.log",
+                "ready_socket": str(checker_socket_path(state, elb.name)),
+            }
+        )  # fmt: skip
     for pod in topo.pods:
         svc = topo.service(pod.service)
         specs.append(

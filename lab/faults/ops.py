@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from lab.errors import EnvironmentProblem, LabError
 from lab.faults.model import Step
 from lab.hosts import Host, NamespaceGone, is_zombie, netns_iproute, pids_in_netns, process_cmdline
+from lab.render.healthcheck import with_port
 
 if TYPE_CHECKING:
     from lab.lab import Lab
@@ -496,19 +497,17 @@ class KubeProxySync(Op):
 
 
 class ElbCheckPort(Op):
-    """args: elb, servers, port: move the ELB node's shared health check to another port (runtime API)."""
+    """args: elb, servers, port: move the ELB node's shared health check to another port (its checker's config,
+    which it reloads; a file, so the move outlives a restart of the checker until the fault is reverted)."""
 
     name = "elb-check-port"
 
     def _set(self, lab: Lab, step: Step, port: int) -> None:
-        from lab.haproxy_stats import command
-        from lab.render.haproxy import HEALTH_BACKEND
-
-        sock = lab.backend.elb_stats_socket(lab, step.args["elb"])
-        for server in step.args["servers"]:
-            reply = command(sock, f"set server {HEALTH_BACKEND}/{server} check-port {port}").strip()
-            if reply and "changed" not in reply.lower() and "health check port updated" not in reply.lower():
-                raise LabError(f"{step.args['elb']}: HAProxy refused the check port change: {reply}")
+        elb = step.args["elb"]
+        text = lab.backend.elb_checker_config(lab, elb)
+        new = with_port(text, step.args["servers"], port)
+        if new != text:
+            lab.backend.set_elb_checker_config(lab, elb, new)
 
     def capture(self, lab: Lab, step: Step) -> dict[str, Any]:
         return {"port": lab.topology.health_check_port}

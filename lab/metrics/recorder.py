@@ -74,11 +74,11 @@ def run_header(lab: Lab, interval: float, note: str = "") -> dict[str, Any]:
             "kernel": ["TCP's 1 s initial RTO (SYN retransmits at 1 s, 3 s, ...)", "socket TIME_WAIT"],
             "interval_s": interval,
         },
-        # HAProxy starts the next check `inter` after the previous one ended: a check that times out
-        # makes the period inter + timeout.
+        # Per ELB node per instance: the ELB's checker starts one every `inter`, whatever the last one did
+        # (HAProxy's own check would have waited `inter` after a timeout: a period of inter + timeout).
         "health_checks_per_interval": {
             "passing": round(interval / inter, 3),
-            "timing_out": round(interval / (inter + timeout), 3),
+            "timing_out": round(interval / inter, 3),
         },
         "elb_nodes": [
             {"name": e.name, "az": e.az, "instances": [n.name for n in topo.elb_targets(e)]} for e in topo.elb_nodes

@@ -49,6 +49,16 @@ GAP_SLACK_S = 1.0  # the first interval is up to a second longer (intervals end 
 # Process groups by the role of the lab host they run in.
 GROUPS = {"elb": "HAProxy", "pod": "pods", "client": "load generator", "node": "nodes", "router": "routers"}
 PATH_GROUPS = ("HAProxy", "pods", "load generator")  # a request waits for each of these to run
+CHECKER = "ELB health checkers"  # the other process of an ELB namespace (lab.runtime.elbcheck): off the request path
+
+
+def group_of(role: str, proc_stat: str) -> str:
+    """A lab process's group from its host's role and its /proc/<pid>/stat (whose second field is its name)."""
+    if role == "elb" and "(haproxy)" not in proc_stat:
+        return CHECKER
+    return GROUPS.get(role, role)
+
+
 SUPERVISOR, SELF = "supervisor", "lab (this process: recorder, load collector)"
 
 _STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -175,7 +185,8 @@ class SaturationSampler:
             host, role = group[netns]
             for pid in pids:
                 with contextlib.suppress(OSError, ValueError, IndexError):
-                    procs[pid] = (GROUPS.get(role, role), parse_proc_pid_stat(_read(f"/proc/{pid}/stat")))
+                    stat = _read(f"/proc/{pid}/stat")
+                    procs[pid] = (group_of(role, stat), parse_proc_pid_stat(stat))
                     waits[pid] = parse_schedstat(_read(f"/proc/{pid}/schedstat"))
                     pid_of.setdefault(host, pid)
         for pid, group in ((self._supervisor, SUPERVISOR), (os.getpid(), SELF)):

@@ -5,7 +5,10 @@ How the Classic ELB maps onto HAProxy:
   NodePort for that listener's service (`backend <service>`);
 - ONE health check per instance per ELB node, shared by every listener (backend `elb-health`,
   whose servers the listener backends `track`): TCP connect to the health check port (by default
-  the first listener's NodePort, as Kubernetes' AWS provider configures it);
+  the first listener's NodePort, as Kubernetes' AWS provider configures it). The lab's checker
+  (lab/runtime/elbcheck.py) makes these checks at the ELB's fixed cadence; HAProxy only asks it each
+  instance's state over loopback (`agent-check`), because HAProxy's own `check` starts the next check
+  `inter` after the previous one ended (a timed-out check would repeat every interval + timeout);
 - cross-zone off: an ELB node knows only the instances in its own AZ (it neither sends to nor
   checks the others);
 - backend connection errors are retried on another instance (`retries` + `option redispatch`);
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.models.topology import ElbNodeSpec, Topology
+from lab.render.healthcheck import AGENT_PORT, agent_interval
 from lab.render.plan import NetworkPlan
 
 HEALTH_BACKEND = "elb-health"
@@ -45,7 +49,7 @@ def render_haproxy(
 ) -> str:
     """The configuration of one ELB node. `time_scale` < 1 shrinks the ELB's timers for quick runs."""
     cfg = topo.elb
-    hc = cfg.health_check
+    agent = agent_interval(topo, time_scale)
     targets = topo.elb_targets(elb)
     me = plan.ip(elb.name)
     scale = time_scale
@@ -91,17 +95,17 @@ def render_haproxy(
         "    stats uri /stats",
         "    http-request set-log-level silent",
         "",
-        "# One TCP health check per instance, shared by all listeners (as the Classic ELB does).",
+        "# One TCP health check per instance, shared by all listeners (as the Classic ELB does). The lab's checker",
+        "# makes it every interval (lab/runtime/elbcheck.py); HAProxy asks the checker over loopback, and only that.",
         f"backend {HEALTH_BACKEND}",
-        # For checks HAProxy uses min(timeout connect, inter) to connect: this is the ELB's check timeout.
-        f"    timeout connect {_ms(hc.timeout * scale)}",
-        f"    timeout check {_ms(hc.timeout * scale)}",
-        f"    default-server inter {_ms(hc.interval * scale)} "
-        f"fall {hc.unhealthy_threshold} rise {hc.healthy_threshold}",
+        f"    timeout connect {_ms(agent)}",
+        f"    timeout check {_ms(agent)}",
+        f"    default-server agent-check agent-addr 127.0.0.1 agent-port {AGENT_PORT} agent-inter {_ms(agent)}",
     ]
     port = topo.health_check_port
     for node in targets:
-        lines.append(f"    server {node.name} {plan.ip(node.name)}:{port} check")
+        # No `check`: HAProxy never connects to the instance for this server; the agent's word is its state.
+        lines.append(f'    server {node.name} {plan.ip(node.name)}:{port} agent-send "{node.name}\\n"')
     for listener in cfg.listeners:
         svc = topo.service(listener.service)
         lines += [

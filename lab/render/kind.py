@@ -25,6 +25,7 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 
 from lab.models.topology import Topology
 from lab.render.haproxy import HaproxyPaths, render_haproxy
+from lab.render.healthcheck import render_checker
 from lab.render.plan import NetworkPlan
 
 KIND_VERSION = "v0.31.0"
@@ -62,6 +63,9 @@ HAPROXY_RUN = "/run/haproxy"  # stats socket and pid file, mounted from the lab'
 MAX_WORKERS = 20  # kind node containers each run a kubelet and containerd: more does not fit one machine
 MAX_PODS_PER_NODE = 100  # the kubelet's default limit is 110, a few go to kindnet and kube-proxy
 READY_TIMEOUT_S = 300
+CHECKER_FILE = "checks.json"  # the health checker's config, next to haproxy.cfg (the checker reloads it)
+CHECKER_SOCKET = "checks.sock"  # in the ELB node's run directory, next to HAProxy's stats socket
+CHECKER_SCRIPT = "/lab/elbcheck.py"  # lab/runtime/elbcheck.py, mounted read-only into the checker container
 ELB_START_FILE = "start"  # created in the ELB node's config directory once its namespace is instrumented
 # PID 1 of an ELB container: wait for the start file, then run HAProxy and restart it whenever it exits, so
 # a configuration change restarts HAProxy inside the same network namespace (its accounting rules stay).
@@ -380,6 +384,29 @@ def elb_command(topo: Topology, plan: NetworkPlan, lab: str, state_dir: Path, el
     )  # fmt: skip
 
 
+def checker_command(lab: str, state_dir: Path, elb: str, image: str, script: Path) -> Command:
+    """The ELB node's health checker: the service image's Python in the ELB container's network namespace, started
+    with HAProxy (once the accounting is in place, so its failed checks are counted from zero)."""
+    names = KindNames(lab)
+    loop = (
+        f"until [ -e {HAPROXY_DIR}/{ELB_START_FILE} ]; do sleep 0.1; done; "
+        f"exec python -S {CHECKER_SCRIPT} {HAPROXY_DIR}/{CHECKER_FILE} --socket {HAPROXY_RUN}/{CHECKER_SOCKET}"
+    )
+    return Command(
+        (
+            "docker", "run", "--detach", "--name", names.container(f"{elb}-check"),
+            "--network", f"container:{names.container(elb)}",
+            "--label", f"{LABEL_LAB}={lab}", "--label", f"{LABEL_HOST}={elb}-check",
+            "--user", "0", "--restart", "unless-stopped",
+            "--volume", f"{state_dir / 'elb' / elb}:{HAPROXY_DIR}:ro",
+            "--volume", f"{state_dir / 'run' / elb}:{HAPROXY_RUN}",
+            "--volume", f"{script}:{CHECKER_SCRIPT}:ro",
+            "--entrypoint", "sh", image, "-c", loop,
+        ),
+        f"ELB node {elb}: its health checker (a TCP check of each instance every interval; HAProxy asks it)",
+    )  # fmt: skip
+
+
 def client_command(topo: Topology, lab: str, client: str, ip: IPv4Address, image: str) -> Command:
     names = KindNames(lab)
     return Command(
@@ -436,6 +463,7 @@ def plan_text(
     services_dir: Path,
     time_scale: float = 1.0,
     source: str = "",
+    checker_script: Path = Path("lab/runtime/elbcheck.py"),
 ) -> str:
     """Everything `lab up --backend kind` would create, in order: the --dry-run output."""
     names = KindNames(lab)
@@ -466,6 +494,7 @@ def plan_text(
     for elb in topo.elb_nodes:
         inside, _ = haproxy_paths(state_dir, elb.name)
         out += [f"## haproxy.cfg of {elb.name}", render_haproxy(topo, plan, elb, inside, time_scale)]
+        out += [f"## {CHECKER_FILE} of {elb.name} (its health checker)", render_checker(topo, plan, elb, time_scale)]
     out.append("## commands, in order")
     steps = [network_command(topo, lab), image_build_command(image, services_dir)]
     steps += cluster_commands(topo, lab, state_dir, image)
@@ -479,14 +508,16 @@ def plan_text(
         f"#   add the plan address as <ip>/32 on eth0; sysctl nf_conntrack_tcp_be_liberal={int(ct.tcp_be_liberal)}",
     ]
     for elb in topo.elb_nodes:
-        c = elb_command(topo, plan, lab, state_dir, elb.name)
-        out += [f"# {c.why}", c.text()]
+        for c in (elb_command(topo, plan, lab, state_dir, elb.name),
+                  checker_command(lab, state_dir, elb.name, image, checker_script)):  # fmt: skip
+            out += [f"# {c.why}", c.text()]
     for client, ip in client_ips(topo).items():
         c = client_command(topo, lab, client, ip, image)
         out += [f"# {c.why}", c.text()]
     out += [
         "# in each ELB node's namespace: the backend-connection accounting rules (lab.metrics), then",
-        f"#   touch {state_dir}/elb/<elb>/{ELB_START_FILE}  (HAProxy starts; a config change restarts it in place)",
+        f"#   touch {state_dir}/elb/<elb>/{ELB_START_FILE}  (HAProxy and its checker start; a config change restarts",
+        "#   HAProxy in place)",
     ]
     out += ["", "## lab down"]
     out += destroy_text(lab)

@@ -420,6 +420,9 @@ def _elb_words(topo: Topology, plan: NetworkPlan, checked: str | None, checks: i
         + (f" (the NodePort of {checked}, the first listener)" if checked else "")
         + f" every {hc.interval:g} s, {hc.timeout:g} s timeout; OutOfService after {hc.unhealthy_threshold} "
         f"failures, back after {hc.healthy_threshold} successes. It says nothing about the other listeners' services.",
+        f"A check starts every {hc.interval:g} s whether the last one passed, was refused or timed out. In the lab a "
+        f"small checker in each ELB node makes them (HAProxy's own check would wait {hc.interval:g} s after a "
+        f"timeout ended); HAProxy asks it over loopback which instances are InService.",
         f"So the ELB makes {checks} health-check connections every {hc.interval:g} s "
         f"({checks * 60 / hc.interval:.0f} a minute), idle or not: each goes through kube-proxy's rules like a real "
         f"connection (DNAT, maybe to another node) and leaves conntrack entries behind; each failed one counts as "

@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -480,7 +481,9 @@ def haproxy_image(docker: PrivateDocker) -> str:
 def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats_socket(engine, monkeypatch):
     """The ELB node exactly as the kind backend starts it (config and run directories mounted, the rendered
     haproxy.cfg, root inside), but on --network none: its eth0 and a node container's come from a bridge in
-    a lab namespace. HAProxy health-checks the node's plan address; RPCs go client -> ELB -> node."""
+    a lab namespace. Its health checker checks the node's plan address and HAProxy asks it (on kind the checker
+    is a container of the service image in the same namespace; this engine has no Python image, so this
+    machine's Python runs it there); RPCs go client -> ELB -> node."""
     from labservices.client import call, client_on_socket
     from labservices.server import PodIdentity, serve
 
@@ -488,6 +491,7 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
     from lab.haproxy_stats import instance_health, show_stat
     from lab.load import LoadSpec, run_load
     from lab.metrics.accounting import read_counts
+    from lab.runtime import elbcheck
 
     docker, _ = engine
     if not HAPROXY.exists():
@@ -502,6 +506,7 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
     create_netns(switch)
     stop = threading.Event()
     containers: list[str] = []
+    checker = None
     try:
         with netns_iproute(str(switch)) as ipr:
             ipr.link("set", ifname="lo", ifalias=f"lab:{lab.name}", state="up")
@@ -534,6 +539,12 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
         assert not (show_stat_or_none(backend.elb_stats_socket(lab, "elb-a1")))  # HAProxy waits for the lab
 
         backend.release_elbs(lab, ["elb-a1"])  # the ELB node's namespace instrumented, then HAProxy starts
+        checks = lab.state.path("elb", "elb-a1", kind.CHECKER_FILE)  # what prepare_elb rendered for the checker
+        checker = subprocess.Popen(
+            ["nsenter", f"--net=/proc/{elb_pid}/ns/net", sys.executable, "-S", elbcheck.__file__, str(checks),
+             "--socket", str(backend.elb_checker_socket(lab, "elb-a1"))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         assert lab.host("elb-a1").netns == f"/proc/{elb_pid}/ns/net"  # the backend's own handle
         assert "-j LAB-ELB-ATTEMPTS" in nsenter(f"/proc/{elb_pid}/ns/net", "iptables-save", "-t", "filter")
         backend._wait_elbs(lab, ["elb-a1"])  # through the stats socket, from this machine
@@ -579,8 +590,12 @@ def test_an_elb_node_container_runs_the_rendered_config_and_answers_on_its_stats
         conn = client.connect(("172.20.64.5", 9090))
         conn.close()
         logs = docker.docker("logs", elb_container).stdout.decode()
-        assert "node-a1" in logs and "succeeded" in logs  # option log-health-checks: the check went green
+        assert "Agent check for server elb-health/node-a1 succeeded" in logs  # the checker said up
+        assert elbcheck.read_status(str(backend.elb_checker_socket(lab, "elb-a1")))["node-a1"]["last"] == "ok"
     finally:
+        if checker is not None:
+            checker.kill()
+            checker.wait()
         stop.set()
         for c in containers:
             docker.docker("rm", "--force", c, check=False)

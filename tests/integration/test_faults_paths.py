@@ -1,10 +1,8 @@
 """Health-check misroutes, stale endpoints, SYN backlog overflow and the ELB idle timeout, observed through the
-ELB (HAProxy's own stats socket), iptables-save, ss and nstat."""
+ELB (its health checker's and HAProxy's stats sockets), iptables-save, ss and nstat."""
 
 from __future__ import annotations
 
-import csv
-import io
 import socket
 import threading
 import time
@@ -13,7 +11,9 @@ import pytest
 from labservices.client import client_on_socket
 
 from lab import faults
+from lab.haproxy_stats import instance_health, show_stat
 from lab.load import LoadSpec, run_load
+from lab.runtime.elbcheck import read_status
 from tests.conftest import in_host
 from tests.integration.test_faults import (
     assert_same,
@@ -29,31 +29,21 @@ pytestmark = pytest.mark.root
 QUICK = 0.1  # ELB timers x0.1: a health check every second
 
 
-def haproxy(lab, elb: str, command: str) -> str:
-    """Ask the ELB node's HAProxy directly on its stats socket (not through the lab's code)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(lab.state.path("run", f"{elb}.sock")))
-    s.sendall(command.encode() + b"\n")
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    s.close()
-    return data.decode()
-
-
-def check_of(lab, elb: str, node: str) -> dict[str, str]:
-    rows = csv.DictReader(io.StringIO(haproxy(lab, elb, "show stat")[2:]))
-    return next(r for r in rows if r["pxname"] == "elb-health" and r["svname"] == node)
+def check_of(lab, elb: str, node: str) -> dict:
+    """The ELB node's health checker's view of an instance (its status socket): state, status, last result,
+    its duration (ms), the port it checks, and how many checks it made."""
+    return read_status(str(lab.backend.elb_checker_socket(lab, elb)))[node]
 
 
 def stays_in_service(lab, elb: str, node: str, seconds: float = 3.5) -> bool:
-    """UP with a passing layer-4 check, and checks kept running (at 1/s) through the whole wait."""
+    """In service with passing checks, and checks kept running (at 1/s) through the whole wait; HAProxy agrees."""
     first = check_of(lab, elb, node)
     time.sleep(seconds)
     row = check_of(lab, elb, node)
-    seen = {k: (first[k], row[k]) for k in ("status", "check_status", "chkdown", "chkfail", "last_chk")}
-    ok = row["status"] == "UP" and row["check_status"] == "L4OK" and (row["chkdown"] or 0) == (first["chkdown"] or 0)
-    assert ok, f"{elb} -> {node} (before, after): {seen}"
+    ok = row["state"] == "InService" and row["status"] == "UP" and row["last"] == "ok"
+    ok = ok and row["checks"] >= first["checks"] + int(seconds) - 1
+    assert ok, f"{elb} -> {node} (before, after): {first}, {row}"
+    assert instance_health(show_stat(lab.backend.elb_stats_socket(lab, elb)))[node]["state"] == "InService"
     return ok
 
 
@@ -96,8 +86,7 @@ def test_wrong_port_check_passes_on_a_port_that_always_answers(make_lab):
     lab = make_lab(time_scale=QUICK)
     before = snapshot(lab)
     faults.apply(lab, "healthcheck-misroute", "node-a1", ["variant=wrong-port", "port=10256"])
-    state = haproxy(lab, "elb-a1", "show servers state elb-health")
-    assert " 10256 " in state  # HAProxy now checks the responder's port, not the NodePort
+    assert check_of(lab, "elb-a1", "node-a1")["port"] == 10256  # the checker now checks the responder's port
     for node in lab.topology.k8s_nodes:
         assert ":10256" in in_host(lab.name, node.name, "ss", "-ltn")
     broken = rpc_outcomes(lab, "accounts", "elb", "elb-a1", 5)
@@ -105,7 +94,7 @@ def test_wrong_port_check_passes_on_a_port_that_always_answers(make_lab):
     assert stays_in_service(lab, "elb-a1", "node-a1")
     assert stays_in_service(lab, "elb-b1", "node-b1", seconds=0.5)
     faults.revert(lab)
-    assert " 10256 " not in haproxy(lab, "elb-a1", "show servers state elb-health")
+    assert check_of(lab, "elb-a1", "node-a1")["port"] == lab.topology.health_check_port
     assert rpc_outcomes(lab, "accounts", "elb", "elb-a1", 5) == {"ok": 5}
     assert_same(before, snapshot(lab))
 

@@ -109,7 +109,7 @@ def test_every_process_runs_and_every_elb_node_sees_its_instances_in_service(kin
     status = lifecycle.status(kind_lab.name)
     assert status["backend"] == "kind"
     procs = {p["name"]: p for p in status["processes"]}
-    assert set(procs) == {f"elb/{e.name}" for e in kind_lab.topology.elb_nodes} | {
+    assert set(procs) == {f"{kind}/{e.name}" for e in kind_lab.topology.elb_nodes for kind in ("elb", "check")} | {
         f"pod/{p.name}" for p in kind_lab.topology.pods
     }
     assert all(p["state"] == "running" and p["ready"] for p in procs.values()), procs

@@ -161,5 +161,5 @@ def test_demo_tour_calls_through_every_listener_and_elb_node_then_leaves_nothing
     pairs = {(cells[0].split()[1], cells[1]) for cells in ([c.strip() for c in r.strip("│").split("│")] for r in rows)}
     services = ["accounts", "catalog"]  # default.yaml's listeners
     assert pairs == {(s, e) for s in services for e in ("elb-a1", "elb-b1", "elb-c1")}
-    assert "InService" in proc.stdout and "processes 7/7 running" in proc.stdout
+    assert "InService" in proc.stdout and "processes 10/10 running" in proc.stdout
     assert_gone(name)

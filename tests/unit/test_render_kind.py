@@ -247,10 +247,12 @@ def test_dry_run_needs_no_docker_and_prints_the_whole_plan(monkeypatch, tmp_path
         "kind: Deployment",
         "nodePort: 30091",
         "## haproxy.cfg of elb-c1",
-        "server node-c1 172.20.192.16:30090 check",
+        'server node-c1 172.20.192.16:30090 agent-send "node-c1\\n"',
+        "## checks.json of elb-c1 (its health checker)",
         f"KIND_EXPERIMENTAL_DOCKER_NETWORK=lab-{name} kind create cluster --name lab-{name}",
         "kind load docker-image k8s-elb-lab/labservices:",
         f"docker run --detach --name lab-{name}-elb-a1",
+        f"docker run --detach --name lab-{name}-elb-a1-check --network container:lab-{name}-elb-a1",
     ):
         assert expected in out, expected
     assert not LabState(name).exists()
@@ -338,3 +340,15 @@ def test_the_service_image_pins_the_thrift_stack_the_lab_runs():
     assert "COPY labservices/ /app/labservices/" in dockerfile
     assert (Path(backend.SERVICES_DIR) / "labservices" / "server.py").exists()
     assert '"labservices.server"' in dockerfile
+
+
+def test_the_checker_runs_beside_haproxy_in_the_elb_containers_namespace():
+    cmd = kind.checker_command("x1", Path("/run/lab/x1"), "elb-a1", IMAGE, Path("/src/lab/runtime/elbcheck.py"))
+    argv = list(cmd.argv)
+    assert argv[argv.index("--network") + 1] == "container:lab-x1-elb-a1"  # its agent port is HAProxy's loopback
+    assert "/run/lab/x1/elb/elb-a1:/usr/local/etc/haproxy:ro" in argv  # checks.json next to haproxy.cfg
+    assert "/src/lab/runtime/elbcheck.py:/lab/elbcheck.py:ro" in argv
+    assert argv[argv.index("--label") + 1] == "k8s-elb-lab.lab=x1"  # removed by `lab down` with the others
+    script = argv[-1]
+    assert script.startswith("until [ -e /usr/local/etc/haproxy/start ]")  # not before the accounting is in
+    assert script.endswith("--socket /run/haproxy/checks.sock")

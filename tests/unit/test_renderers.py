@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from lab.models.topology import Topology
 from lab.models.yamlio import load_model
 from lab.render.haproxy import HaproxyPaths, render_haproxy
+from lab.render.healthcheck import AGENT_PORT, checker_config, render_checker, with_port
 from lab.render.plan import build_plan, conntrack_sysctls, describe, socket_sysctls
 from tests.conftest import TOPOLOGIES, assert_golden
 
@@ -94,11 +96,53 @@ def test_one_shared_health_check_per_instance_on_the_first_listeners_nodeport():
     topo = load("seed-2017.yaml", ["nodes_per_az=3", "elb.cross_zone=true"])
     plan = build_plan(topo)
     cfg = render_haproxy(topo, plan, topo.elb_nodes[0], PATHS)
-    checks = [ln for ln in cfg.splitlines() if ln.strip().startswith("server") and " check" in ln]
-    assert len(checks) == 9  # one per instance, not one per instance per listener
-    assert all(ln.endswith(":31001 check") for ln in checks)  # accounts is the first listener
+    health = cfg.split("backend elb-health")[1].split("frontend")[0]
+    servers = [ln for ln in health.splitlines() if ln.strip().startswith("server")]
+    assert len(servers) == 9  # one per instance, not one per instance per listener
+    assert all(":31001 agent-send" in ln for ln in servers)  # accounts is the first listener
+    checker = checker_config(topo, plan, topo.elb_nodes[0])
+    assert [t["port"] for t in checker["targets"]] == [31001] * 9  # the checker connects there
     tracked = [ln for ln in cfg.splitlines() if "track elb-health/" in ln]
     assert len(tracked) == 9 * 3  # every listener's servers follow that one check
+
+
+def test_haproxy_never_checks_an_instance_itself_it_asks_the_checker_on_loopback():
+    topo = load("default.yaml", [])
+    cfg = render_haproxy(topo, build_plan(topo), topo.elb_nodes[0], PATHS)
+    servers = [ln.split() for ln in cfg.splitlines() if ln.strip().startswith("server")]
+    assert servers and not any("check" in words for words in servers)  # no HAProxy check on any server
+    assert f"agent-check agent-addr 127.0.0.1 agent-port {AGENT_PORT} agent-inter 1000ms" in cfg
+    assert 'server node-a1 172.20.64.16:30090 agent-send "node-a1\\n"' in cfg
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_checker_golden(variant):
+    topo = load(*VARIANTS[variant])
+    plan = build_plan(topo)
+    for elb in topo.elb_nodes:
+        assert_golden(f"healthcheck/{variant}-{elb.name}.json", render_checker(topo, plan, elb))
+
+
+def test_checker_spreads_each_instances_checks_over_the_interval():
+    topo = load("seed-2017.yaml", ["nodes_per_az=3", "elb.cross_zone=true"])
+    plan = build_plan(topo)
+    offsets = sorted(t["offset_s"] for e in topo.elb_nodes for t in checker_config(topo, plan, e)["targets"])
+    assert len(offsets) == 27 and len(set(offsets)) == 27  # no two checks start at once
+    assert offsets[0] == 0 and max(offsets) < 10
+    node_a1 = [t["offset_s"] for e in topo.elb_nodes for t in checker_config(topo, plan, e)["targets"]
+               if t["instance"] == "node-a1"]  # fmt: skip
+    assert len(node_a1) == 3 and max(node_a1) - min(node_a1) < 10 / 9  # the ELB nodes' checks of one instance
+
+
+def test_checker_time_scale_and_the_misroute_port_move():
+    topo = load("default.yaml", [])
+    plan = build_plan(topo)
+    cfg = checker_config(topo, plan, topo.elb_nodes[0], time_scale=0.1)
+    assert (cfg["interval_s"], cfg["timeout_s"], cfg["unhealthy_threshold"], cfg["healthy_threshold"]) == (1, 0.5, 6, 2)
+    text = render_checker(topo, plan, topo.elb_nodes[0])
+    moved = json.loads(with_port(text, ["node-a1"], 10256))
+    assert {t["instance"]: t["port"] for t in moved["targets"]} == {"node-a1": 10256}
+    assert with_port(with_port(text, ["node-a1"], 10256), ["node-a1"], 30090) == text  # revert is exact
 
 
 def test_cross_zone_off_knows_only_its_own_az():
@@ -111,7 +155,7 @@ def test_cross_zone_off_knows_only_its_own_az():
 def test_time_scale_shrinks_elb_timers_and_says_so():
     topo = load("default.yaml", [])
     cfg = render_haproxy(topo, build_plan(topo), topo.elb_nodes[0], PATHS, time_scale=0.1)
-    assert "inter 1000ms fall 6 rise 2" in cfg and "timeout client 6000ms" in cfg
+    assert "agent-inter 100ms" in cfg and "timeout client 6000ms" in cfg
     assert "ELB timers scaled by 0.1" in cfg
     # The backend connect timeout races the kernel's SYN retransmits (1 s, 3 s): it stays real.
     assert "timeout connect 5000ms" in cfg.split("backend elb-health")[0]

@@ -8,7 +8,7 @@ import pytest
 
 from lab.haproxy_stats import queues
 from lab.metrics import saturation as sat
-from lab.metrics.saturation import Snapshot, assess, saturation_section, slice_lags
+from lab.metrics.saturation import Snapshot, assess, group_of, saturation_section, slice_lags
 
 # Captured on this machine (kernel 6.18): /proc/stat's first lines, a pod's /proc/<pid>/stat and schedstat,
 # the head of a pod namespace's /proc/net/tcp (one listener with 3 connections waiting) and its netstat.
@@ -198,3 +198,9 @@ def test_lab_metrics_shows_the_lab_and_warns_when_an_interval_is_limited():
     hot = saturation_lines({"saturation": section(seconds=5, busy=0.99, wait_ms=5.0)})
     assert "Warning: lab-limited: machine CPU 95% busy or more for 5 of 5 s recorded" in hot
     assert saturation_lines({"elb": {}}) is None  # a series recorded before saturation sampling existed
+
+
+def test_an_elb_namespaces_health_checker_is_not_counted_as_haproxy():
+    assert group_of("elb", "412 (haproxy) S 1 412") == "HAProxy"
+    assert group_of("elb", "413 (python3) S 1 413") == "ELB health checkers"  # off the request path
+    assert group_of("pod", "414 (python3) S 1 414") == "pods"
