@@ -99,6 +99,8 @@ def run_trial(loaded: LoadedScenario, opts: RunOptions, repeat: int, progress: P
         trial["status"] = "passed" if all(e["passed"] for e in trial["expectations"]) else "failed"
         for run in trial["runs"]:
             _append_verdicts(Path(opts.report_dir) / run["journal"], trial)
+    except lifecycle.Interrupted:
+        raise  # SIGTERM/SIGHUP: stop every repeat, as Ctrl-C does, not only this one
     except LabError as exc:
         trial["error"] = str(exc)
     finally:

@@ -441,3 +441,26 @@ def test_problems_say_what_keeps_the_matrix_from_answering():
     assert report.problems(clean) == [] and report.answered(clean)
     clean["missing_shards"], clean["shard"] = [2], {"index": 0, "count": 2, "units": []}
     assert report.problems(clean) == [("MISSING", "Missing shards: 2/2")] and not report.answered(clean)
+
+
+def test_sigterm_stops_every_repeat_not_only_the_running_one(tmp_path, monkeypatch):
+    from lab import lifecycle
+    from lab.errors import LabError
+    from lab.scenarios import runner
+
+    loaded = load_scenario(next(p for p in builtin() if p.stem == "baseline"))
+    opts = runner.RunOptions(report_dir=tmp_path)
+    calls = []
+
+    def variant(*_args, **_kw):
+        calls.append(1)
+        raise lifecycle.Interrupted("interrupted by SIGTERM")
+
+    monkeypatch.setattr(runner, "_run_variant", variant)
+    with pytest.raises(lifecycle.Interrupted):
+        runner.run_scenario(loaded, opts, repeats=3)
+    assert calls == [1]  # the second and third repeats never started
+    # A lab that fails is that trial's error; the next repeat still runs.
+    monkeypatch.setattr(runner, "_run_variant", lambda *_a, **_k: (_ for _ in ()).throw(LabError("no room")))
+    entry = runner.run_scenario(loaded, opts, repeats=2)
+    assert [t["error"] for t in entry["trials"]] == ["no room", "no room"]
