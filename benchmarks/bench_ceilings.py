@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.ratesearch import find_ceiling  # noqa: E402
 from lab import lifecycle  # noqa: E402
 from lab.lab import Lab  # noqa: E402
 from lab.load import LoadRun, LoadSpec  # noqa: E402
@@ -69,32 +70,12 @@ def show(case: dict, r: dict) -> None:
 
 
 def search(lab: Lab, case: dict, seconds: float, ceiling: float) -> tuple[dict | None, list[dict]]:
-    tried: list[dict] = []
-    best, bad = None, None
-    rate = case["start"]
-    while rate <= ceiling:
+    def attempt(rate: float) -> dict:
         r = step(lab, case, rate, seconds)
-        tried.append(r)
         show(case, r)
-        if not r["passed"]:
-            bad = rate
-            break
-        best, rate = r, round(rate * 1.4)
-        time.sleep(3)
-    lo = best["rate"] if best else 0
-    for _ in range(2 if bad else 0):
-        mid = round((lo + bad) / 2)
-        if mid in (lo, bad):
-            break
-        time.sleep(10)  # an overloaded pod (thread per connection) takes a while to drain
-        r = step(lab, case, mid, seconds)
-        tried.append(r)
-        show(case, r)
-        if r["passed"]:
-            lo, best = mid, r
-        else:
-            bad = mid
-    return best, tried
+        return r
+
+    return find_ceiling(attempt, case["start"], ceiling, rest=lambda: time.sleep(3))
 
 
 def sampling_cost(lab: Lab, samples: int = 30) -> dict:

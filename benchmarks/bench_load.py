@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.ratesearch import find_ceiling  # noqa: E402
 from lab import lifecycle  # noqa: E402
 from lab.hosts import pids_in_netns  # noqa: E402
 from lab.lab import Lab  # noqa: E402
@@ -119,42 +120,16 @@ def settle(max_wait: float = 90.0, below: float = 3.0) -> None:
 def search(
     lab: Lab, case: dict, start: float, seconds: float, ceiling: float, startup: float
 ) -> tuple[dict | None, list[dict]]:
-    tried: list[dict] = []
-    best, bad = None, None
-    rate = start
-    while rate <= ceiling:
+    def attempt(rate: float) -> dict:
         r = step(lab, case, rate, seconds, startup)
-        tried.append(r)
         print(
             f"  {case['name']:<28} {rate:>7.0f}/s  p99 {r['p99_ms']:>8.2f} ms  ok {r['ok_ratio']:.4f}  "
             f"{'pass' if r['passed'] else 'FAIL'} {r['errors'] or ''}",
             flush=True,
         )
-        if not r["passed"]:
-            bad = rate
-            break
-        best = r
-        rate = round(rate * 1.4)
-        settle()
-    lo = best["rate"] if best else 0
-    for _ in range(2 if bad else 0):
-        mid = round((lo + bad) / 2)
-        if mid in (lo, bad):
-            break
-        time.sleep(10)  # an overloaded pod (thread per connection) takes a while to drain
-        settle()
-        r = step(lab, case, mid, seconds, startup)
-        tried.append(r)
-        print(
-            f"  {case['name']:<28} {mid:>7.0f}/s  p99 {r['p99_ms']:>8.2f} ms  ok {r['ok_ratio']:.4f}  "
-            f"{'pass' if r['passed'] else 'FAIL'} {r['errors'] or ''}",
-            flush=True,
-        )
-        if r["passed"]:
-            lo, best = mid, r
-        else:
-            bad = mid
-    return best, tried
+        return r
+
+    return find_ceiling(attempt, start, ceiling, rest=settle)
 
 
 CASES = [
