@@ -6,29 +6,45 @@ import csv
 import io
 import re
 import socket
+import time
 from pathlib import Path
 
 from lab.errors import LabError
 from lab.render.haproxy import HEALTH_BACKEND
 
+# A fault that changes an ELB node's configuration restarts its HAProxy: for that moment the stats socket is
+# missing, refuses, or the old process resets or closes the connection. A reader retries for this long
+# (bounded) rather than fail a metrics sample.
+RESTART_GRACE_S = 1.0
+_RESTARTING = (ConnectionRefusedError, ConnectionResetError, BrokenPipeError, FileNotFoundError)
 
-def command(stats_socket: Path, cmd: str, timeout: float = 3.0) -> str:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
+
+def _ask(stats_socket: Path, cmd: str, timeout: float) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
         s.connect(str(stats_socket))
         s.sendall(cmd.encode() + b"\n")
         chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
+        while data := s.recv(65536):
             chunks.append(data)
-    except OSError as exc:
-        raise LabError(f"HAProxy stats socket {stats_socket}: {exc.strerror or exc}") from None
-    finally:
-        s.close()
     return b"".join(chunks).decode(errors="replace")
+
+
+def command(stats_socket: Path, cmd: str, timeout: float = 3.0) -> str:
+    """HAProxy's answer to one runtime command; an empty answer only if HAProxy kept closing without one."""
+    deadline = time.monotonic() + RESTART_GRACE_S
+    while True:
+        try:
+            answer = _ask(stats_socket, cmd, timeout)
+        except _RESTARTING as exc:
+            if time.monotonic() >= deadline:
+                raise LabError(f"HAProxy stats socket {stats_socket}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise LabError(f"HAProxy stats socket {stats_socket}: {exc.strerror or exc}") from None
+        else:
+            if answer or time.monotonic() >= deadline:  # every command answers at least a newline
+                return answer
+        time.sleep(0.05)
 
 
 def show_stat(stats_socket: Path) -> list[dict[str, str]]:

@@ -224,3 +224,31 @@ def test_elb_idle_timeout_closes_pooled_connections(make_lab):
     outcome, waiting = pooled_call_after(2.0)
     assert outcome == "ok" and f"{elb[0]}:9090" not in waiting
     assert_same(before, snapshot(lab))
+
+
+def test_the_elb_stats_stay_readable_while_a_fault_restarts_haproxy(make_lab):
+    """The idle-timeout fault restarts the ELB node's HAProxy on apply and on revert; the recorder reads the stats
+    socket meanwhile (a matrix trial once lost a sample to the revert's restart: "Connection refused")."""
+    lab = make_lab()
+    sock = lab.backend.elb_stats_socket(lab, "elb-a1")
+    haproxy_pid = in_host(lab.name, "elb-a1", "pgrep", "-x", "haproxy")
+    reads, errors, done = [0], [], threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                assert show_stat(sock)
+                reads[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is what the test reports
+                errors.append(repr(exc))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        faults.apply(lab, "elb-idle-timeout", "elb-a1", ["timeout=1s"])
+        faults.revert(lab)
+    finally:
+        done.set()
+        thread.join()
+    assert in_host(lab.name, "elb-a1", "pgrep", "-x", "haproxy") != haproxy_pid  # it was restarted
+    assert errors == [] and reads[0] > 10, (errors[:3], reads[0])
